@@ -1,0 +1,496 @@
+//! Exact, mergeable aggregates.
+//!
+//! A push becomes a delta [`Aggregate`]; stores keep the cumulative [`Aggregate`]; the collector
+//! renders it. Counter values and histogram sums are kept in fixed point (millionths, in a
+//! `u128`) rather than `f64`: float addition is not associative, so `f64` totals would depend on
+//! the order in which shards and batches were merged. With integers, merging is commutative and
+//! associative, which is what lets every backend shard freely and still agree to the last unit.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use serde::{Deserialize, Serialize};
+
+/// Fixed-point units per unit of a value: values are kept in millionths.
+pub const MICROS_PER_UNIT: f64 = 1_000_000.0;
+
+/// Converts a finite, non-negative value to fixed point (rounded to the nearest millionth).
+/// Callers validate first; negative or non-finite input saturates to 0.
+pub fn to_micros(value: f64) -> u128 {
+    let scaled = (value * MICROS_PER_UNIT).round();
+    if scaled.is_finite() && scaled > 0.0 {
+        scaled as u128
+    } else {
+        0
+    }
+}
+
+/// Converts fixed point back to a float for rendering.
+pub fn micros_to_f64(micros: u128) -> f64 {
+    // Split so that large totals keep their fractional part as well as f64 allows.
+    let whole = (micros / 1_000_000) as f64;
+    let frac = (micros % 1_000_000) as f64 / MICROS_PER_UNIT;
+    whole + frac
+}
+
+/// Identifies one series: a metric name and its label pairs, sorted by label name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    /// The metric name.
+    pub metric: String,
+    /// Label pairs sorted by name; labels a push did not set are absent.
+    pub labels: Vec<(String, String)>,
+}
+
+impl SeriesKey {
+    /// A key with the given labels (sorted here, so callers may pass any order).
+    pub fn new(metric: impl Into<String>, labels: &[(&str, &str)]) -> Self {
+        let mut labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        labels.sort();
+        SeriesKey {
+            metric: metric.into(),
+            labels,
+        }
+    }
+}
+
+/// The cumulative (or, in a push, delta) value of one series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeriesValue {
+    /// A counter, in millionths.
+    Counter {
+        /// The total in millionths of a unit.
+        micros: u128,
+    },
+    /// A classic histogram.
+    Histogram {
+        /// Per-bucket (not cumulative) counts, one per configured upper bound and a last one for
+        /// `+Inf`.
+        buckets: Vec<u64>,
+        /// Sum of observations in millionths of a unit.
+        sum_micros: u128,
+    },
+}
+
+impl SeriesValue {
+    /// The number of observations of a histogram (the sum of its buckets), or `None` for a
+    /// counter.
+    pub fn count(&self) -> Option<u64> {
+        match self {
+            SeriesValue::Counter { .. } => None,
+            SeriesValue::Histogram { buckets, .. } => {
+                Some(buckets.iter().fold(0u64, |a, b| a.saturating_add(*b)))
+            }
+        }
+    }
+
+    /// Adds `other` into `self`. A histogram meeting a counter under one key (the config changed
+    /// the metric's type) keeps the histogram; bucket vectors of different lengths are added
+    /// element-wise as if the shorter were padded with zeros. Both rules keep the merge
+    /// commutative and associative.
+    fn add(&mut self, other: &SeriesValue) {
+        match (&mut *self, other) {
+            (SeriesValue::Counter { micros }, SeriesValue::Counter { micros: o }) => {
+                *micros = micros.saturating_add(*o);
+            }
+            (
+                SeriesValue::Histogram {
+                    buckets,
+                    sum_micros,
+                },
+                SeriesValue::Histogram {
+                    buckets: ob,
+                    sum_micros: os,
+                },
+            ) => {
+                if buckets.len() < ob.len() {
+                    buckets.resize(ob.len(), 0);
+                }
+                for (b, o) in buckets.iter_mut().zip(ob) {
+                    *b = b.saturating_add(*o);
+                }
+                *sum_micros = sum_micros.saturating_add(*os);
+            }
+            (SeriesValue::Counter { .. }, SeriesValue::Histogram { .. }) => *self = other.clone(),
+            (SeriesValue::Histogram { .. }, SeriesValue::Counter { .. }) => {}
+        }
+    }
+
+    /// Keeps, element by element, the larger of `self` and `other`: cumulative values only grow,
+    /// so the larger one is the fresher read of the same shard.
+    fn max_with(&mut self, other: &SeriesValue) {
+        match (&mut *self, other) {
+            (SeriesValue::Counter { micros }, SeriesValue::Counter { micros: o }) => {
+                *micros = (*micros).max(*o);
+            }
+            (
+                SeriesValue::Histogram {
+                    buckets,
+                    sum_micros,
+                },
+                SeriesValue::Histogram {
+                    buckets: ob,
+                    sum_micros: os,
+                },
+            ) => {
+                if buckets.len() < ob.len() {
+                    buckets.resize(ob.len(), 0);
+                }
+                for (b, o) in buckets.iter_mut().zip(ob) {
+                    *b = (*b).max(*o);
+                }
+                *sum_micros = (*sum_micros).max(*os);
+            }
+            (SeriesValue::Counter { .. }, SeriesValue::Histogram { .. }) => *self = other.clone(),
+            (SeriesValue::Histogram { .. }, SeriesValue::Counter { .. }) => {}
+        }
+    }
+}
+
+/// A set of series with their values: a push's delta, or a store's cumulative totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Aggregate {
+    series: BTreeMap<SeriesKey, SeriesValue>,
+}
+
+impl Aggregate {
+    /// An empty aggregate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of series.
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Whether there are no series.
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// The series in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&SeriesKey, &SeriesValue)> {
+        self.series.iter()
+    }
+
+    /// The value of one series.
+    pub fn get(&self, key: &SeriesKey) -> Option<&SeriesValue> {
+        self.series.get(key)
+    }
+
+    /// Adds `micros` to a counter series.
+    pub fn add_counter(&mut self, key: SeriesKey, micros: u128) {
+        self.add_value(key, SeriesValue::Counter { micros });
+    }
+
+    /// Records observations, each `(bucket index, value in millionths)`, in a histogram with
+    /// `bucket_count` buckets (including `+Inf`).
+    pub fn observe_all(
+        &mut self,
+        key: SeriesKey,
+        bucket_count: usize,
+        observations: impl IntoIterator<Item = (usize, u128)>,
+    ) {
+        let value = self
+            .series
+            .entry(key)
+            .or_insert_with(|| SeriesValue::Histogram {
+                buckets: vec![0; bucket_count],
+                sum_micros: 0,
+            });
+        if let SeriesValue::Histogram {
+            buckets,
+            sum_micros,
+        } = value
+        {
+            for (bucket, micros) in observations {
+                if buckets.len() <= bucket {
+                    buckets.resize(bucket + 1, 0);
+                }
+                buckets[bucket] = buckets[bucket].saturating_add(1);
+                *sum_micros = sum_micros.saturating_add(micros);
+            }
+        }
+    }
+
+    /// Adds one series value.
+    pub fn add_value(&mut self, key: SeriesKey, value: SeriesValue) {
+        match self.series.entry(key) {
+            Entry::Vacant(v) => {
+                v.insert(value);
+            }
+            Entry::Occupied(mut o) => o.get_mut().add(&value),
+        }
+    }
+
+    /// Adds every series of `other` into `self`. Commutative and associative.
+    pub fn merge(&mut self, other: &Aggregate) {
+        for (key, value) in &other.series {
+            match self.series.get_mut(key) {
+                Some(mine) => mine.add(value),
+                None => {
+                    self.series.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+
+    /// Keeps, per series, the larger of `self` and `other` (see [`SeriesValue`]): a collector
+    /// folds each read of a shard into what it saw before, so a stale read never makes a counter
+    /// go backwards.
+    pub fn merge_max(&mut self, other: &Aggregate) {
+        for (key, value) in &other.series {
+            match self.series.get_mut(key) {
+                Some(mine) => mine.max_with(value),
+                None => {
+                    self.series.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+
+    /// Encodes as the snapshot JSON format (see [`Snapshot`]).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&Snapshot::from(self)).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// Decodes the snapshot JSON format.
+    pub fn from_json(text: &str) -> Result<Self, SnapshotError> {
+        let snapshot: Snapshot = serde_json::from_str(text).map_err(SnapshotError::Json)?;
+        Aggregate::try_from(snapshot)
+    }
+}
+
+/// A snapshot that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Not the snapshot JSON shape.
+    #[error("snapshot is not valid JSON of the expected shape: {0}")]
+    Json(serde_json::Error),
+    /// A version this build does not read.
+    #[error("snapshot version {0} is not supported (this build reads version 1)")]
+    Version(u32),
+    /// A series entry that is neither a counter nor a histogram, or a number that is not one.
+    #[error("snapshot series {0:?} is malformed: {1}")]
+    Series(String, &'static str),
+}
+
+/// The portable snapshot format, version 1: what KV, DynamoDB exports, the export endpoint and
+/// the embedded store's files hold. Fixed-point totals are decimal strings, so that JavaScript
+/// and DynamoDB readers never round them.
+///
+/// ```json
+/// {"v":1,"series":[
+///   {"metric":"clicks_total","labels":{"button":"buy"},"counter":"3000000"},
+///   {"metric":"api_seconds","labels":{},"buckets":[1,0,2],"sum":"5400000"}]}
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Format version, 1.
+    pub v: u32,
+    /// Every series.
+    pub series: Vec<SnapshotSeries>,
+}
+
+/// One series of a [`Snapshot`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotSeries {
+    /// Metric name.
+    pub metric: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Counter total in millionths, as a decimal string (counters only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter: Option<String>,
+    /// Per-bucket counts, `+Inf` last (histograms only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Vec<u64>>,
+    /// Sum in millionths, as a decimal string (histograms only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum: Option<String>,
+}
+
+impl From<&Aggregate> for Snapshot {
+    fn from(agg: &Aggregate) -> Self {
+        let series = agg
+            .series
+            .iter()
+            .map(|(key, value)| {
+                let labels = key.labels.iter().cloned().collect();
+                match value {
+                    SeriesValue::Counter { micros } => SnapshotSeries {
+                        metric: key.metric.clone(),
+                        labels,
+                        counter: Some(micros.to_string()),
+                        buckets: None,
+                        sum: None,
+                    },
+                    SeriesValue::Histogram {
+                        buckets,
+                        sum_micros,
+                    } => SnapshotSeries {
+                        metric: key.metric.clone(),
+                        labels,
+                        counter: None,
+                        buckets: Some(buckets.clone()),
+                        sum: Some(sum_micros.to_string()),
+                    },
+                }
+            })
+            .collect();
+        Snapshot { v: 1, series }
+    }
+}
+
+impl TryFrom<Snapshot> for Aggregate {
+    type Error = SnapshotError;
+
+    fn try_from(snapshot: Snapshot) -> Result<Self, SnapshotError> {
+        if snapshot.v != 1 {
+            return Err(SnapshotError::Version(snapshot.v));
+        }
+        let mut agg = Aggregate::new();
+        for s in snapshot.series {
+            let value = match (s.counter, s.buckets, s.sum) {
+                (Some(c), None, None) => SeriesValue::Counter {
+                    micros: c
+                        .parse()
+                        .map_err(|_| SnapshotError::Series(s.metric.clone(), "bad counter"))?,
+                },
+                (None, Some(buckets), Some(sum)) => SeriesValue::Histogram {
+                    buckets,
+                    sum_micros: sum
+                        .parse()
+                        .map_err(|_| SnapshotError::Series(s.metric.clone(), "bad sum"))?,
+                },
+                _ => {
+                    return Err(SnapshotError::Series(
+                        s.metric,
+                        "needs either counter, or buckets and sum",
+                    ));
+                }
+            };
+            let key = SeriesKey {
+                metric: s.metric,
+                labels: s.labels.into_iter().collect(),
+            };
+            agg.add_value(key, value);
+        }
+        Ok(agg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hist(buckets: &[u64], sum: u128) -> SeriesValue {
+        SeriesValue::Histogram {
+            buckets: buckets.to_vec(),
+            sum_micros: sum,
+        }
+    }
+
+    #[test]
+    fn micros_round_trip() {
+        assert_eq!(to_micros(1.5), 1_500_000);
+        assert_eq!(to_micros(0.000_000_4), 0);
+        assert_eq!(to_micros(-1.0), 0);
+        assert_eq!(to_micros(f64::NAN), 0);
+        assert_eq!(micros_to_f64(2_250_000), 2.25);
+    }
+
+    #[test]
+    fn counters_and_histograms_add() {
+        let k = SeriesKey::new("c", &[("b", "2"), ("a", "1")]);
+        assert_eq!(k.labels[0].0, "a");
+        let mut a = Aggregate::new();
+        a.add_counter(k.clone(), 3);
+        a.add_counter(k.clone(), 4);
+        assert_eq!(a.get(&k), Some(&SeriesValue::Counter { micros: 7 }));
+
+        let h = SeriesKey::new("h", &[]);
+        a.observe_all(h.clone(), 3, [(0, 10), (2, 20)]);
+        a.observe_all(h.clone(), 3, [(2, 5)]);
+        assert_eq!(a.get(&h), Some(&hist(&[1, 0, 2], 35)));
+        assert_eq!(a.get(&h).and_then(SeriesValue::count), Some(3));
+    }
+
+    #[test]
+    fn type_conflicts_resolve_the_same_in_any_order() {
+        let k = SeriesKey::new("x", &[]);
+        let mut c = Aggregate::new();
+        c.add_counter(k.clone(), 5);
+        let mut h = Aggregate::new();
+        h.add_value(k.clone(), hist(&[1, 2], 3));
+        let mut ch = c.clone();
+        ch.merge(&h);
+        let mut hc = h.clone();
+        hc.merge(&c);
+        assert_eq!(ch, hc);
+        assert_eq!(ch.get(&k), Some(&hist(&[1, 2], 3)));
+    }
+
+    #[test]
+    fn bucket_lengths_pad() {
+        let k = SeriesKey::new("x", &[]);
+        let mut a = Aggregate::new();
+        a.add_value(k.clone(), hist(&[1, 1], 2));
+        let mut b = Aggregate::new();
+        b.add_value(k.clone(), hist(&[1, 1, 1], 3));
+        a.merge(&b);
+        assert_eq!(a.get(&k), Some(&hist(&[2, 2, 1], 5)));
+    }
+
+    #[test]
+    fn merge_max_keeps_freshest() {
+        let k = SeriesKey::new("x", &[]);
+        let mut seen = Aggregate::new();
+        seen.add_counter(k.clone(), 10);
+        let mut stale = Aggregate::new();
+        stale.add_counter(k.clone(), 7);
+        seen.merge_max(&stale);
+        assert_eq!(seen.get(&k), Some(&SeriesValue::Counter { micros: 10 }));
+        let mut fresh = Aggregate::new();
+        fresh.add_counter(k.clone(), 12);
+        seen.merge_max(&fresh);
+        assert_eq!(seen.get(&k), Some(&SeriesValue::Counter { micros: 12 }));
+    }
+
+    #[test]
+    fn snapshot_round_trips_exactly() {
+        let mut a = Aggregate::new();
+        a.add_counter(SeriesKey::new("c", &[("k", "v\"q")]), u128::MAX - 1);
+        a.add_value(
+            SeriesKey::new("h", &[]),
+            hist(&[u64::MAX, 0, 3], 123_456_789),
+        );
+        let text = a.to_json();
+        assert_eq!(Aggregate::from_json(&text).expect("decodes"), a);
+    }
+
+    #[test]
+    fn snapshot_errors_are_clear() {
+        assert!(matches!(
+            Aggregate::from_json(r#"{"v":2,"series":[]}"#),
+            Err(SnapshotError::Version(2))
+        ));
+        assert!(matches!(
+            Aggregate::from_json(r#"{"v":1,"series":[{"metric":"m","counter":"x"}]}"#),
+            Err(SnapshotError::Series(_, "bad counter"))
+        ));
+        assert!(matches!(
+            Aggregate::from_json(r#"{"v":1,"series":[{"metric":"m"}]}"#),
+            Err(SnapshotError::Series(..))
+        ));
+        assert!(matches!(
+            Aggregate::from_json("[]"),
+            Err(SnapshotError::Json(_))
+        ));
+    }
+}

@@ -1,0 +1,279 @@
+use super::*;
+use crate::aggregate::SeriesValue;
+use crate::corpus::bad_pushes;
+
+fn ingest() -> Ingest {
+    Ingest::new(Allowlist::example(), Limits::default())
+}
+
+fn counter(delta: &Aggregate, metric: &str, labels: &[(&str, &str)]) -> u128 {
+    match delta.get(&SeriesKey::new(metric, labels)) {
+        Some(SeriesValue::Counter { micros }) => *micros,
+        None => 0,
+        other => panic!("{metric} is not a counter: {other:?}"),
+    }
+}
+
+#[test]
+fn seed_format_push_aggregates_exactly() {
+    let body = br#"[
+        {"metricName":"demo_feature_usage_total","metricType":"counter","labels":{"feature":"search"},"inc":2},
+        {"metricName":"demo_feature_usage_total","metricType":"counter","labels":{"feature":"search"},"inc":0.5},
+        {"metricName":"demo_feature_usage_total","metricType":"counter","labels":{"feature":"share"},"inc":1},
+        {"metricName":"demo_third_party_api_seconds","metricType":"histogram","labels":{"api":"maps"},"observations":[0.05,0.3,7,0.3]},
+        {"metricName":"browser_lcp_seconds","metricType":"histogram","labels":[],"observations":[2.5]},
+        {"metricName":"browser_cls","metricType":"histogram","observations":[0.01]}
+    ]"#;
+    let out = ingest().push(Some("text/plain;charset=UTF-8"), body);
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(out.body, r#"{"accepted":6,"rejected":[]}"#);
+    let d = &out.delta;
+    assert_eq!(
+        counter(d, "demo_feature_usage_total", &[("feature", "search")]),
+        2_500_000
+    );
+    assert_eq!(
+        counter(d, "demo_feature_usage_total", &[("feature", "share")]),
+        1_000_000
+    );
+    // Buckets 0.05 0.1 0.25 0.5 1 2.5 5 +Inf; 0.05 falls in le=0.05 (inclusive).
+    assert_eq!(
+        d.get(&SeriesKey::new(
+            "demo_third_party_api_seconds",
+            &[("api", "maps")]
+        )),
+        Some(&SeriesValue::Histogram {
+            buckets: vec![1, 0, 0, 2, 0, 0, 0, 1],
+            sum_micros: 7_650_000
+        })
+    );
+    let lcp = d
+        .get(&SeriesKey::new("browser_lcp_seconds", &[]))
+        .expect("lcp");
+    assert_eq!(lcp.count(), Some(1));
+    assert_eq!(
+        counter(d, internal::PUSHES, &[("result", "accepted")]),
+        1_000_000
+    );
+    assert_eq!(counter(d, internal::SAMPLES_ACCEPTED, &[]), 6_000_000);
+    assert_eq!(counter(d, internal::RECORD_TOTAL, &[]), 1_000_000);
+}
+
+#[test]
+fn label_order_and_escapes_do_not_split_series() {
+    let body = br#"[{"metricName":"demo_feature_usage_total","metricType":"counter","labels":{"feature":"se\u0061rch"},"inc":1},
+                   {"metricName":"demo_feature_\u0075sage_total","metricType":"counter","labels":{"feature":"search"},"inc":1}]"#;
+    let out = ingest().push(Some("application/json"), body);
+    assert_eq!(out.accepted, 2, "{}", out.body);
+    assert_eq!(
+        counter(
+            &out.delta,
+            "demo_feature_usage_total",
+            &[("feature", "search")]
+        ),
+        2_000_000
+    );
+}
+
+#[test]
+fn bad_push_corpus_gets_its_answers() {
+    let ingest = ingest();
+    let cases = bad_pushes();
+    assert!(cases.len() >= 40);
+    for case in cases {
+        let out = ingest.push(case.content_type.as_deref(), &case.body);
+        assert_eq!(out.status, case.status, "{}: {}", case.name, out.body);
+        let body: serde_json::Value = serde_json::from_str(&out.body).expect("answers are JSON");
+        assert_eq!(
+            body.get("error").and_then(|e| e.as_str()),
+            case.error.as_deref(),
+            "{}: {}",
+            case.name,
+            out.body
+        );
+        let reasons: Vec<&str> = out.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons, case.rejected, "{}: {}", case.name, out.body);
+        assert_eq!(out.accepted, case.accepted, "{}", case.name);
+        // Every refusal and rejection is counted in the delta.
+        if let Some(error) = &case.error {
+            assert_eq!(
+                counter(&out.delta, internal::PUSHES_REJECTED, &[("reason", error)]),
+                1_000_000,
+                "{}",
+                case.name
+            );
+        }
+        for r in &case.rejected {
+            assert!(
+                counter(&out.delta, internal::SAMPLES_REJECTED, &[("reason", r)]) >= 1_000_000,
+                "{}",
+                case.name
+            );
+        }
+        // A push with nothing valid records nothing but pum's own counters.
+        if case.accepted == 0 {
+            assert!(
+                out.delta.iter().all(|(k, _)| k.metric.starts_with("pum_")),
+                "{}: {:?}",
+                case.name,
+                out.delta
+            );
+        }
+    }
+}
+
+#[test]
+fn rejections_name_index_metric_and_reason() {
+    let body = br#"[{"metricName":"demo_feature_usage_total","metricType":"counter","labels":{"feature":"search"},"inc":1},
+                   {"metricName":"demo_feature_usage_total","metricType":"counter","labels":{"feature":"search"},"inc":-1}]"#;
+    let out = ingest().push(Some("application/json"), body);
+    assert_eq!(out.status, 200);
+    insta::assert_snapshot!(out.body, @r#"{"accepted":1,"rejected":[{"index":1,"metric":"demo_feature_usage_total","reason":"value_out_of_range","message":"inc is -1; it must be between 0 and 1000000"}]}"#);
+    assert_eq!(
+        counter(&out.delta, internal::PUSHES, &[("result", "partial")]),
+        1_000_000
+    );
+}
+
+#[test]
+fn refusals_are_json_with_a_code() {
+    let out = ingest().push(Some("application/json"), b"{}");
+    insta::assert_snapshot!(out.body, @r#"{"error":"not_an_array","message":"the body must be a JSON array of samples"}"#);
+    let out = ingest().refuse(
+        Reason::OriginNotAllowed,
+        "origin https://evil.example is not allowed",
+    );
+    assert_eq!(out.status, 403);
+    assert_eq!(
+        counter(&out.delta, internal::PUSHES, &[("result", "rejected")]),
+        1_000_000
+    );
+}
+
+#[test]
+fn metric_max_value_overrides_the_default_limit() {
+    let list = Allowlist::compile(
+        [(
+            "a.json",
+            r#"{"allowedMetrics":[{"name":"bytes","help":"h","type":"histogram","buckets":[1e6],"maxValue":1e12}]}"#,
+        )],
+        false,
+    )
+    .expect("compiles");
+    let ingest = Ingest::new(list, Limits::default());
+    let out = ingest.push(
+        Some("application/json"),
+        br#"[{"metricName":"bytes","metricType":"histogram","observations":[5e11]}]"#,
+    );
+    assert_eq!(out.status, 200, "{}", out.body);
+}
+
+#[test]
+fn every_reason_has_a_unique_code_and_sane_status() {
+    let mut seen = std::collections::HashSet::new();
+    for r in Reason::ALL {
+        assert!(seen.insert(r.as_str()), "duplicate code {r}");
+        assert!(
+            (400..500).contains(&r.status()),
+            "{r} must be a client error"
+        );
+    }
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_delta() -> impl Strategy<Value = Aggregate> {
+        let counter = (0..3usize, 0..3usize, 0u64..5_000_000).prop_map(|(m, l, v)| {
+            let mut a = Aggregate::new();
+            let label = format!("v{l}");
+            a.add_counter(
+                SeriesKey::new(format!("c{m}"), &[("k", &label)]),
+                u128::from(v),
+            );
+            a
+        });
+        let hist = (
+            0..2usize,
+            prop::collection::vec((0..5usize, 0u64..9_000_000), 1..5),
+        )
+            .prop_map(|(m, obs)| {
+                let mut a = Aggregate::new();
+                a.observe_all(
+                    SeriesKey::new(format!("h{m}"), &[]),
+                    5,
+                    obs.into_iter().map(|(b, v)| (b, u128::from(v))),
+                );
+                a
+            });
+        prop::collection::vec(prop_oneof![counter, hist], 0..6).prop_map(|parts| {
+            let mut a = Aggregate::new();
+            for p in parts {
+                a.merge(&p);
+            }
+            a
+        })
+    }
+
+    fn sum(batches: &[Aggregate]) -> Aggregate {
+        let mut total = Aggregate::new();
+        for b in batches {
+            total.merge(b);
+        }
+        total
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative(a in arb_delta(), b in arb_delta()) {
+            let mut ab = a.clone();
+            ab.merge(&b);
+            let mut ba = b.clone();
+            ba.merge(&a);
+            prop_assert_eq!(ab, ba);
+        }
+
+        #[test]
+        fn merge_is_associative(a in arb_delta(), b in arb_delta(), c in arb_delta()) {
+            let mut ab_c = a.clone();
+            ab_c.merge(&b);
+            ab_c.merge(&c);
+            let mut bc = b.clone();
+            bc.merge(&c);
+            let mut a_bc = a.clone();
+            a_bc.merge(&bc);
+            prop_assert_eq!(ab_c, a_bc);
+        }
+
+        #[test]
+        fn any_grouping_and_order_gives_the_same_totals(
+            batches in prop::collection::vec(arb_delta(), 1..12),
+            split in 0usize..12,
+            seed in any::<u64>(),
+        ) {
+            let one_by_one = sum(&batches);
+            // Merge in a shuffled order, in two groups merged separately, then together.
+            let mut order: Vec<usize> = (0..batches.len()).collect();
+            let mut x = seed | 1;
+            for i in (1..order.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                order.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let shuffled: Vec<Aggregate> = order.iter().map(|&i| batches[i].clone()).collect();
+            let cut = split.min(shuffled.len());
+            let mut grouped = sum(&shuffled[..cut]);
+            grouped.merge(&sum(&shuffled[cut..]));
+            prop_assert_eq!(&grouped, &one_by_one);
+            // And through the snapshot encoding.
+            prop_assert_eq!(Aggregate::from_json(&grouped.to_json()).expect("decodes"), one_by_one);
+        }
+
+        #[test]
+        fn push_never_panics_and_always_answers_json(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let out = ingest().push(Some("application/json"), &body);
+            prop_assert!(out.status == 200 || (400..500).contains(&out.status));
+            prop_assert!(serde_json::from_str::<serde_json::Value>(&out.body).is_ok());
+        }
+    }
+}
