@@ -102,12 +102,14 @@ fn unescape(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'x') && i + 3 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 2..i + 4], 16) {
-                out.push(b);
-                i += 4;
-                continue;
-            }
+        if bytes[i] == b'\\'
+            && bytes.get(i + 1) == Some(&b'x')
+            && i + 3 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 2..i + 4], 16)
+        {
+            out.push(b);
+            i += 4;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;

@@ -277,3 +277,30 @@ mod properties {
         }
     }
 }
+
+/// The realistic beacon that the criterion benches, the fuzz seeds and the load benchmark share.
+const BEACON: &str = include_str!("../../../fixtures/beacon.json");
+
+#[test]
+fn beacon_fixture_is_realistic_and_accepted_whole() {
+    // About 1.4 KB, the size the budgets in DESIGN.md are stated for.
+    assert!(
+        (1200..=1600).contains(&BEACON.len()),
+        "fixtures/beacon.json is {} bytes",
+        BEACON.len()
+    );
+    let samples: Vec<serde_json::Value> = serde_json::from_str(BEACON).expect("beacon is JSON");
+    let out = ingest().push(Some("text/plain;charset=UTF-8"), BEACON.as_bytes());
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(out.refused, None);
+    assert!(out.rejected.is_empty(), "{}", out.body);
+    assert_eq!(out.accepted, samples.len());
+    // Eight histogram observations, as the issue describes the realistic beacon.
+    let observations: u64 = out
+        .delta
+        .iter()
+        .filter(|(k, _)| !k.metric.starts_with("pum_"))
+        .filter_map(|(_, v)| v.count())
+        .sum();
+    assert_eq!(observations, 8);
+}

@@ -1,0 +1,191 @@
+//! The command line. Every flag can also be set by the `PUM_*` environment variable named in its
+//! help.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use pum_shared::Limits;
+
+/// pum: real-user monitoring for Prometheus.
+///
+/// Web pages push measurements to an ingest (`POST /record`); pum validates each push against an
+/// allowlist, aggregates it exactly and serves the totals on `/metrics` for Prometheus.
+#[derive(Debug, Parser)]
+#[command(name = "pum-collector", version, propagate_version = true)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ingest, embedded store and /metrics in one process (the local default, and a drop-in for
+    /// the original aggregator).
+    Standalone(StandaloneArgs),
+    /// Check an allowlist and print what it allows; exits 1 naming the file, metric and field of
+    /// the first error.
+    CheckConfig(ConfigArgs),
+}
+
+/// Where the allowlist comes from.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArgs {
+    /// Allowlist: a JSON file or a directory of *.json files, each {"allowedMetrics": [...]}.
+    /// Without it, pum runs on its built-in example allowlist (the demo page's metrics).
+    #[arg(long, env = "PUM_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Do not load the built-in browser pack (navigation timing and Core Web Vitals metrics sent
+    /// by pum's client).
+    #[arg(long, env = "PUM_NO_BROWSER_PACK")]
+    pub no_browser_pack: bool,
+}
+
+/// Flags of `standalone`.
+#[derive(Debug, Args, Clone)]
+pub struct StandaloneArgs {
+    /// The allowlist.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
+    /// Address for the public side: POST /record, the client script, the demo page, /healthz.
+    #[arg(
+        long,
+        env = "PUM_INGEST_LISTEN",
+        default_value = "127.0.0.1:3000",
+        value_name = "ADDR"
+    )]
+    pub ingest_listen: SocketAddr,
+
+    /// Address for the Prometheus side: GET /metrics.
+    #[arg(
+        long,
+        env = "PUM_METRICS_LISTEN",
+        default_value = "127.0.0.1:9102",
+        value_name = "ADDR"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Directory of the embedded store (created if missing; one process at a time).
+    #[arg(
+        long,
+        env = "PUM_DATA_DIR",
+        default_value = "pum-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// How often the store's log is fsynced: what a power loss can take at most (a crashed
+    /// process loses nothing acknowledged). E.g. 1s, 250ms.
+    #[arg(long, env = "PUM_SYNC_INTERVAL", default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub sync_interval: Duration,
+
+    /// Origins allowed to push, comma-separated (e.g. https://shop.example,https://www.shop.example);
+    /// "*" allows any. Pushes from other origins are refused with 403 origin_not_allowed.
+    #[arg(
+        long,
+        env = "PUM_ALLOWED_ORIGINS",
+        default_value = "*",
+        value_name = "LIST"
+    )]
+    pub allowed_origins: String,
+
+    /// Require "Authorization: Bearer TOKEN" on /metrics.
+    #[arg(
+        long,
+        env = "PUM_METRICS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
+
+    /// Push limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Push limits.
+#[derive(Debug, Args, Clone)]
+pub struct LimitArgs {
+    /// Largest push body in bytes.
+    #[arg(long, env = "PUM_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+    /// Most samples in one push.
+    #[arg(long, env = "PUM_MAX_SAMPLES", default_value_t = Limits::default().max_samples)]
+    pub max_samples: usize,
+    /// Most observations in one histogram sample.
+    #[arg(long, env = "PUM_MAX_OBSERVATIONS", default_value_t = Limits::default().max_observations)]
+    pub max_observations: usize,
+    /// Longest label value in bytes.
+    #[arg(long, env = "PUM_MAX_LABEL_VALUE_LEN", default_value_t = Limits::default().max_label_value_len)]
+    pub max_label_value_len: usize,
+    /// Largest counter increment in one sample (a metric's maxValue overrides it).
+    #[arg(long, env = "PUM_MAX_INCREMENT", default_value_t = Limits::default().max_increment)]
+    pub max_increment: f64,
+    /// Largest histogram observation (a metric's maxValue overrides it).
+    #[arg(long, env = "PUM_MAX_OBSERVATION", default_value_t = Limits::default().max_observation)]
+    pub max_observation: f64,
+}
+
+impl From<&LimitArgs> for Limits {
+    fn from(a: &LimitArgs) -> Self {
+        Limits {
+            max_body_bytes: a.max_body_bytes,
+            max_samples: a.max_samples,
+            max_observations: a.max_observations,
+            max_label_value_len: a.max_label_value_len,
+            max_increment: a.max_increment,
+            max_observation: a.max_observation,
+        }
+    }
+}
+
+/// Parses `1s`, `250ms`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 1s or 250ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
+        return Err(format!("{s:?} must be more than 0 and at most 1 hour"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+}

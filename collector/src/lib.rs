@@ -1,0 +1,17 @@
+//! # pum-collector
+//!
+//! The collector serves pum's aggregates to Prometheus on `/metrics`. In standalone mode the same
+//! process also runs the ingest (`POST /record`) over an embedded durable store: one binary, no
+//! cloud, and a drop-in for the original Node aggregator.
+//!
+//! - [`cli`]: the command line (every flag also from a `PUM_*` variable).
+//! - [`standalone`]: the ingest and metrics apps and [`standalone::run`].
+//! - [`embedded`]: the embedded store (a write-ahead log with snapshots).
+//! - [`render`]: the `prometheus` collector that renders aggregates.
+//! - [`telemetry`]: the collector's own metrics.
+
+pub mod cli;
+pub mod embedded;
+pub mod render;
+pub mod standalone;
+pub mod telemetry;

@@ -1,0 +1,102 @@
+//! The `pum-collector` binary: parses the command line and runs the chosen mode.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pum_collector::cli::{Cli, Command};
+use pum_collector::standalone::{self, Settings};
+use pum_shared::http::Cors;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PUM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pum-collector: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::CheckConfig(args) => {
+            let list = standalone::load_allowlist(args.config.as_deref(), !args.no_browser_pack)?;
+            for m in list.metrics() {
+                let labels: Vec<String> = m
+                    .labels
+                    .iter()
+                    .map(|l| format!("{}({})", l.name, l.allowed_values.len()))
+                    .collect();
+                println!("{:<10} {} {}", m.kind.as_str(), m.name, labels.join(" "));
+            }
+            println!("ok: {} metrics", list.len());
+            Ok(())
+        }
+        Command::Standalone(args) => {
+            let allowlist = standalone::load_allowlist(
+                args.config.config.as_deref(),
+                !args.config.no_browser_pack,
+            )?;
+            let settings = Settings {
+                allowlist,
+                limits: (&args.limits).into(),
+                cors: Cors::parse(&args.allowed_origins),
+                data_dir: args.data_dir.clone(),
+                sync_interval: args.sync_interval,
+                metrics_token: args.metrics_token.clone(),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let ingest = tokio::net::TcpListener::bind(args.ingest_listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--ingest-listen {}: {e}", args.ingest_listen))?;
+                let metrics = tokio::net::TcpListener::bind(args.metrics_listen)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("--metrics-listen {}: {e}", args.metrics_listen)
+                    })?;
+                // These lines are the interface for people and scripts alike: keep their shape.
+                println!("pum: ingest listening on http://{}", ingest.local_addr()?);
+                println!(
+                    "pum: metrics listening on http://{}/metrics",
+                    metrics.local_addr()?
+                );
+                println!("pum: demo page at http://{}/", ingest.local_addr()?);
+                standalone::run(settings, ingest, metrics, shutdown_signal()).await
+            })
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

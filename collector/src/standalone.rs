@@ -1,0 +1,427 @@
+//! Standalone mode: ingest, the embedded store and `/metrics` in one process.
+//!
+//! The two HTTP apps are plain functions of their state ([`ingest_app`], [`metrics_app`]), and
+//! [`run`] takes its listeners and its shutdown signal from the caller, so tests bind port 0 and
+//! stop the server when they like.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+use pum_shared::http::{self as core_http, Cors};
+use pum_shared::{Allowlist, Ingest, Limits, PushOutcome, Reason, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::embedded::{COMPACT_AFTER_BYTES, EmbeddedStore};
+use crate::render::{AggregateCollector, Totals};
+use crate::telemetry::SelfMetrics;
+
+/// The browser client, as built from `static/src`.
+const CLIENT_JS: &str = include_str!("../../static/aggregatorClient.js");
+/// The demo page with the original snippet.
+const DEMO_HTML: &str = include_str!("../../static/demo/index.html");
+/// The demo page with the CSP-friendly install.
+const DEMO_CSP_HTML: &str = include_str!("../../static/demo/csp.html");
+/// The demo page's script for the CSP-friendly page.
+const DEMO_JS: &str = include_str!("../../static/demo/demo.js");
+
+/// Everything standalone mode needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The compiled allowlist.
+    pub allowlist: Allowlist,
+    /// Push limits.
+    pub limits: Limits,
+    /// Origins allowed to push.
+    pub cors: Cors,
+    /// The embedded store's directory.
+    pub data_dir: PathBuf,
+    /// Interval between `fsync`s of the store's log.
+    pub sync_interval: Duration,
+    /// Bearer token required on `/metrics`, if any.
+    pub metrics_token: Option<String>,
+}
+
+/// Reads allowlist sources from a JSON file or a directory of `*.json` files (sorted by name),
+/// or the built-in example when `path` is `None`, and compiles them.
+pub fn load_allowlist(path: Option<&Path>, browser_pack: bool) -> anyhow::Result<Allowlist> {
+    let Some(path) = path else {
+        return Ok(Allowlist::compile(
+            [(
+                "built-in example allowlist",
+                pum_shared::config::EXAMPLE_ALLOWLIST,
+            )],
+            browser_pack,
+        )?);
+    };
+    let meta = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read the config: {e}", path.display()))?;
+    let mut files = Vec::new();
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(|e| {
+            anyhow::anyhow!("{}: cannot list the config directory: {e}", path.display())
+        })? {
+            let p = entry?.path();
+            if p.extension().is_some_and(|e| e == "json") && p.is_file() {
+                files.push(p);
+            }
+        }
+        files.sort();
+        if files.is_empty() {
+            anyhow::bail!(
+                "{}: the config directory holds no *.json files",
+                path.display()
+            );
+        }
+    } else {
+        files.push(path.to_owned());
+    }
+    let mut sources = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", f.display()))?;
+        sources.push((f.display().to_string(), text));
+    }
+    Ok(Allowlist::compile(
+        sources.iter().map(|(n, t)| (n.as_str(), t.as_str())),
+        browser_pack,
+    )?)
+}
+
+/// Shared state of the standalone apps.
+pub struct Standalone {
+    ingest: Ingest,
+    cors: Cors,
+    store: Arc<EmbeddedStore>,
+    telemetry: SelfMetrics,
+    registry: Registry,
+    metrics_token: Option<String>,
+}
+
+impl Totals for EmbeddedStore {
+    fn with_totals(&self, f: &mut dyn FnMut(&pum_shared::Aggregate)) -> bool {
+        EmbeddedStore::with_totals(self, |t| f(t)).is_ok()
+    }
+}
+
+impl Standalone {
+    /// Builds the state over an opened store.
+    pub fn new(settings: &Settings, store: Arc<EmbeddedStore>) -> anyhow::Result<Arc<Self>> {
+        let allowlist = Arc::new(settings.allowlist.clone());
+        let telemetry = SelfMetrics::new();
+        let registry = Registry::new();
+        telemetry.register(&registry)?;
+        registry.register(Box::new(AggregateCollector::new(
+            Arc::clone(&allowlist),
+            Arc::clone(&store) as Arc<dyn Totals>,
+            telemetry.clone(),
+        )))?;
+        Ok(Arc::new(Standalone {
+            ingest: Ingest::new(settings.allowlist.clone(), settings.limits.clone()),
+            cors: settings.cors.clone(),
+            store,
+            telemetry,
+            registry,
+            metrics_token: settings.metrics_token.clone(),
+        }))
+    }
+}
+
+/// The public app: `POST /record`, CORS, the client, the demo pages and `/healthz`.
+pub fn ingest_app(state: Arc<Standalone>) -> Router {
+    Router::new()
+        .route(
+            core_http::RECORD_PATH,
+            axum::routing::post(record)
+                .options(preflight)
+                .fallback(|| async {
+                    to_response(core_http::method_not_allowed("POST, OPTIONS"), Vec::new())
+                }),
+        )
+        .route("/healthz", get(healthz))
+        // The original aggregator's health check.
+        .route("/status", get(|| async { StatusCode::OK }))
+        .route(
+            core_http::CLIENT_PATH,
+            get(|| async { javascript(CLIENT_JS) }),
+        )
+        .route("/static/demo.js", get(|| async { javascript(DEMO_JS) }))
+        .route("/", get(|| async { html(DEMO_HTML, None) }))
+        .route("/demo", get(|| async { html(DEMO_HTML, None) }))
+        .route(
+            "/demo/csp",
+            get(|| async {
+                html(
+                    DEMO_CSP_HTML,
+                    Some("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'"),
+                )
+            }),
+        )
+        .fallback(|| async { to_response(core_http::not_found(), Vec::new()) })
+        .with_state(state)
+}
+
+/// The scrape app: `GET /metrics` (with the bearer token, if one is set).
+pub fn metrics_app(registry: Registry, token: Option<String>) -> Router {
+    let registry = Arc::new(registry);
+    Router::new()
+        .route(
+            "/metrics",
+            get(move |headers: HeaderMap| {
+                let registry = Arc::clone(&registry);
+                let token = token.clone();
+                async move { scrape(registry, token.as_deref(), &headers).await }
+            }),
+        )
+        .route("/healthz", get(healthz))
+        .fallback(|| async { to_response(core_http::not_found(), Vec::new()) })
+}
+
+async fn scrape(registry: Arc<Registry>, token: Option<&str>, headers: &HeaderMap) -> Response {
+    if let Some(token) = token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token) {
+            let mut r =
+                core_http::Response::error(401, "unauthorized", "a valid bearer token is required");
+            r.headers.push(("www-authenticate", "Bearer".into()));
+            return to_response(r, Vec::new());
+        }
+    }
+    // Rendering 100k series takes tens of milliseconds: keep it off the async workers.
+    let rendered = tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&registry.gather(), &mut buf)
+            .map(|()| buf)
+    })
+    .await;
+    match rendered {
+        Ok(Ok(buf)) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response(),
+        _ => to_response(
+            core_http::Response::error(500, "render_failed", "the metrics could not be rendered"),
+            Vec::new(),
+        ),
+    }
+}
+
+async fn healthz() -> Response {
+    to_response(
+        core_http::Response::json(200, r#"{"status":"ok"}"#.into()),
+        Vec::new(),
+    )
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn record(State(s): State<Arc<Standalone>>, headers: HeaderMap, body: Body) -> Response {
+    let origin = header_str(&headers, header::ORIGIN);
+    let cors = s.cors.headers(origin);
+    let max = s.ingest.limits().max_body_bytes;
+    let outcome = if s.cors.allows(origin) {
+        match read_body(body, max).await {
+            Ok(bytes) => s
+                .ingest
+                .push(header_str(&headers, header::CONTENT_TYPE), &bytes),
+            Err(BodyError::TooLarge) => s.ingest.refuse(
+                Reason::BodyTooLarge,
+                &format!("the body is larger than {max} bytes"),
+            ),
+            Err(BodyError::Unreadable) => s
+                .ingest
+                .refuse(Reason::InvalidJson, "the body could not be read"),
+        }
+    } else {
+        s.ingest.refuse(
+            Reason::OriginNotAllowed,
+            "this origin may not push here; add it to --allowed-origins",
+        )
+    };
+    store_and_answer(&s, outcome, cors).await
+}
+
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// Reads at most `max` bytes of body. A larger body is still read (and dropped) up to
+/// `DRAIN_FACTOR * max`, so that the client gets its 413 instead of a reset connection; beyond
+/// that the connection is cut.
+async fn read_body(mut body: Body, max: usize) -> Result<Vec<u8>, BodyError> {
+    use http_body_util::BodyExt;
+    const DRAIN_FACTOR: usize = 16;
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Unreadable)?;
+        if let Ok(data) = frame.into_data() {
+            total = total.saturating_add(data.len());
+            if total <= max {
+                buf.extend_from_slice(&data);
+            } else if total > max.saturating_mul(DRAIN_FACTOR) {
+                return Err(BodyError::TooLarge);
+            }
+        }
+    }
+    if total > max {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(buf)
+}
+
+async fn store_and_answer(
+    s: &Standalone,
+    outcome: PushOutcome,
+    cors: Vec<(&'static str, String)>,
+) -> Response {
+    let timer = s.telemetry.store_write_seconds.start_timer();
+    let stored = s.store.merge("", &outcome.delta).await;
+    timer.observe_duration();
+    match stored {
+        Ok(()) => to_response(
+            core_http::Response::json(outcome.status, outcome.body),
+            cors,
+        ),
+        Err(e) => {
+            s.telemetry
+                .store_errors_total
+                .with_label_values(&["write"])
+                .inc();
+            tracing::error!(error = %e, "a push could not be stored");
+            to_response(core_http::store_unavailable(), cors)
+        }
+    }
+}
+
+async fn preflight(State(s): State<Arc<Standalone>>, headers: HeaderMap) -> Response {
+    to_response(
+        s.cors.preflight(header_str(&headers, header::ORIGIN)),
+        Vec::new(),
+    )
+}
+
+fn javascript(body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            // A week: the client changes rarely and the snippet's URL carries no version.
+            (
+                header::CACHE_CONTROL,
+                "public, max-age=604800, stale-while-revalidate=86400",
+            ),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn html(body: &'static str, csp: Option<&'static str>) -> Response {
+    let mut r = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
+    if let Some(csp) = csp {
+        r.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(csp),
+        );
+    }
+    r
+}
+
+/// Turns a core response and CORS headers into an axum response.
+pub fn to_response(r: core_http::Response, cors: Vec<(&'static str, String)>) -> Response {
+    let mut builder = Response::builder().status(r.status);
+    for (k, v) in r.headers.into_iter().chain(cors) {
+        builder = builder.header(k, v);
+    }
+    builder
+        .body(Body::from(r.body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Runs standalone mode until `shutdown` resolves, then stops accepting, finishes in-flight
+/// requests, flushes and compacts the store.
+pub async fn run(
+    settings: Settings,
+    ingest_listener: TcpListener,
+    metrics_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (store, recovery) = EmbeddedStore::open(&settings.data_dir)?;
+    tracing::info!(
+        dir = %settings.data_dir.display(),
+        replayed = recovery.replayed,
+        truncated_bytes = recovery.truncated_bytes,
+        "embedded store opened"
+    );
+    let store = Arc::new(store);
+    let state = Standalone::new(&settings, Arc::clone(&store))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let sync_store = Arc::clone(&store);
+    let sync_telemetry = state.telemetry.clone();
+    let interval = settings.sync_interval;
+    let mut sync_stop = stop_rx.clone();
+    let syncer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = sync_stop.wait_for(|s| *s) => break,
+            }
+            let s = Arc::clone(&sync_store);
+            let result = tokio::task::spawn_blocking(move || {
+                s.sync()?;
+                if s.log_bytes() > COMPACT_AFTER_BYTES {
+                    s.compact()?;
+                }
+                Ok::<_, pum_shared::StoreError>(())
+            })
+            .await;
+            if !matches!(result, Ok(Ok(()))) {
+                sync_telemetry
+                    .store_errors_total
+                    .with_label_values(&["write"])
+                    .inc();
+                tracing::error!(?result, "syncing the store failed");
+            }
+        }
+    });
+
+    let ingest = axum::serve(ingest_listener, ingest_app(Arc::clone(&state)))
+        .with_graceful_shutdown(wait(stop_rx.clone()));
+    let metrics = axum::serve(
+        metrics_listener,
+        metrics_app(state.registry.clone(), state.metrics_token.clone()),
+    )
+    .with_graceful_shutdown(wait(stop_rx.clone()));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (a, b) = tokio::join!(ingest.into_future(), metrics.into_future());
+    a?;
+    b?;
+    let _ = syncer.await;
+    let closing = Arc::clone(&store);
+    tokio::task::spawn_blocking(move || closing.close()).await??;
+    tracing::info!("stopped; the store is flushed");
+    Ok(())
+}

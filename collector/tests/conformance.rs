@@ -1,0 +1,46 @@
+//! The store conformance suite against the embedded store (and the in-memory reference store).
+
+use pum_collector::embedded::EmbeddedStore;
+use pum_shared::conformance::Harness;
+use pum_shared::store::MemoryStore;
+
+struct Embedded(tempfile::TempDir);
+
+impl Harness for Embedded {
+    type S = EmbeddedStore;
+    async fn open(&mut self) -> EmbeddedStore {
+        EmbeddedStore::open(self.0.path()).expect("opens").0
+    }
+    async fn reopen(&mut self, store: EmbeddedStore) -> EmbeddedStore {
+        // Dropped without close(): like a killed process, only what merge wrote is there.
+        drop(store);
+        EmbeddedStore::open(self.0.path()).expect("reopens").0
+    }
+}
+
+fn embedded() -> Embedded {
+    Embedded(tempfile::tempdir().expect("tempdir"))
+}
+
+mod embedded_store {
+    use super::*;
+    pum_shared::store_conformance_tests!(embedded());
+}
+
+struct Memory;
+
+impl Harness for Memory {
+    type S = MemoryStore;
+    async fn open(&mut self) -> MemoryStore {
+        MemoryStore::new()
+    }
+    /// In-memory totals live as long as the store: "restarting" keeps the same instance.
+    async fn reopen(&mut self, store: MemoryStore) -> MemoryStore {
+        store
+    }
+}
+
+mod memory_store {
+    use super::*;
+    pum_shared::store_conformance_tests!(Memory);
+}

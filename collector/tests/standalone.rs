@@ -1,0 +1,478 @@
+//! HTTP tests of the real `pum-collector standalone` process, bound to port 0.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Scrape, Server};
+use pum_shared::corpus::bad_pushes;
+use serde_json::{Value, json};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().expect("client")
+}
+
+fn counter(feature: &str, inc: f64) -> Value {
+    json!({"metricName": "demo_feature_usage_total", "metricType": "counter", "labels": {"feature": feature}, "inc": inc})
+}
+
+fn histogram(api: &str, observations: &[f64]) -> Value {
+    json!({"metricName": "demo_third_party_api_seconds", "metricType": "histogram", "labels": {"api": api}, "observations": observations})
+}
+
+async fn push(
+    client: &reqwest::Client,
+    server: &Server,
+    body: &Value,
+    content_type: &str,
+) -> (u16, Value) {
+    let resp = client
+        .post(server.record_url())
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("push");
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.expect("answers are JSON");
+    (status, body)
+}
+
+/// What the pushes of `valid_batches` must total: series -> value as rendered.
+fn expected_totals(batches: &[Value]) -> BTreeMap<String, f64> {
+    let bounds = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for batch in batches {
+        for s in batch.as_array().expect("array") {
+            let labels = s["labels"].as_object().expect("labels");
+            if s["metricType"] == "counter" {
+                let key = format!(
+                    "demo_feature_usage_total{{feature=\"{}\"}}",
+                    labels["feature"].as_str().expect("str")
+                );
+                *out.entry(key).or_default() += s["inc"].as_f64().expect("inc");
+            } else {
+                let api = labels["api"].as_str().expect("str");
+                for o in s["observations"].as_array().expect("obs") {
+                    let o = o.as_f64().expect("num");
+                    for b in bounds {
+                        if o <= b {
+                            *out.entry(format!(
+                                "demo_third_party_api_seconds_bucket{{api=\"{api}\",le=\"{b}\"}}"
+                            ))
+                            .or_default() += 1.0;
+                        }
+                    }
+                    *out.entry(format!(
+                        "demo_third_party_api_seconds_bucket{{api=\"{api}\",le=\"+Inf\"}}"
+                    ))
+                    .or_default() += 1.0;
+                    *out.entry(format!(
+                        "demo_third_party_api_seconds_count{{api=\"{api}\"}}"
+                    ))
+                    .or_default() += 1.0;
+                    *out.entry(format!("demo_third_party_api_seconds_sum{{api=\"{api}\"}}"))
+                        .or_default() += o;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn assert_totals(scrape: &Scrape, expected: &BTreeMap<String, f64>) {
+    for (series, want) in expected {
+        let got = scrape.get(series);
+        assert!(
+            (got - want).abs() < 1e-6 * want.max(1.0),
+            "{series}: got {got}, want {want}\n{}",
+            scrape.text
+        );
+    }
+}
+
+fn batch(i: usize) -> Value {
+    let features = ["search", "share", "export"];
+    let apis = ["maps", "payments"];
+    json!([
+        counter(features[i % 3], 1.0),
+        counter(features[(i + 1) % 3], (i % 4) as f64 + 0.25),
+        histogram(apis[i % 2], &[0.01 * (i % 50) as f64, 0.3, (i % 9) as f64]),
+    ])
+}
+
+#[tokio::test]
+async fn seed_format_pushes_appear_exactly_in_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let c = client();
+    let batches: Vec<Value> = (0..30).map(batch).collect();
+    for (i, b) in batches.iter().enumerate() {
+        // Beacons arrive as text/plain, fetch() pushes as application/json: both are accepted.
+        let ct = if i % 2 == 0 {
+            "text/plain;charset=UTF-8"
+        } else {
+            "application/json"
+        };
+        let (status, body) = push(&c, &server, b, ct).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!({"accepted": 3, "rejected": []}));
+    }
+    let scrape = server.scrape(&c).await;
+    assert_totals(&scrape, &expected_totals(&batches));
+    assert_eq!(scrape.get("metrics_aggregator_record_total"), 30.0);
+    assert_eq!(scrape.get("pum_pushes_total{result=\"accepted\"}"), 30.0);
+    assert_eq!(scrape.get("pum_samples_accepted_total"), 90.0);
+    assert!(
+        scrape
+            .text
+            .contains("# TYPE demo_third_party_api_seconds histogram")
+    );
+    assert!(
+        scrape
+            .text
+            .contains("# TYPE demo_feature_usage_total counter")
+    );
+    assert!(scrape.get("pum_store_write_seconds_count") >= 30.0);
+}
+
+#[tokio::test]
+async fn bad_input_gets_its_answer_and_loses_nothing_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let c = client();
+    let good: Vec<Value> = (0..5).map(batch).collect();
+    let mut expected = expected_totals(&good);
+    for b in &good[..3] {
+        assert_eq!(push(&c, &server, b, "application/json").await.0, 200);
+    }
+    let mut rejected_by_reason: BTreeMap<String, f64> = BTreeMap::new();
+    let mut refused_by_reason: BTreeMap<String, f64> = BTreeMap::new();
+    let cases = bad_pushes();
+    for case in &cases {
+        let mut req = c.post(server.record_url()).body(case.body.clone());
+        if let Some(ct) = &case.content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await.expect("send");
+        let status = resp.status().as_u16();
+        let body: Value = resp
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{}: answer is not JSON: {e}", case.name));
+        assert_eq!(status, case.status, "{}: {body}", case.name);
+        assert_eq!(
+            body.get("error").and_then(Value::as_str),
+            case.error.as_deref(),
+            "{}: {body}",
+            case.name
+        );
+        let reasons: Vec<&str> = body["rejected"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| r["reason"].as_str().expect("reason"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(reasons, case.rejected, "{}: {body}", case.name);
+        for r in &case.rejected {
+            *rejected_by_reason.entry(r.clone()).or_default() += 1.0;
+        }
+        if let Some(e) = &case.error {
+            *refused_by_reason.entry(e.clone()).or_default() += 1.0;
+        }
+    }
+    for b in &good[3..] {
+        assert_eq!(push(&c, &server, b, "text/plain").await.0, 200);
+    }
+    // The mixed case pushed one valid counter and one valid histogram of its own.
+    for (k, v) in expected_totals(&[json!([counter("search", 1.0), histogram("maps", &[0.2])])]) {
+        *expected.entry(k).or_default() += v;
+    }
+    let scrape = server.scrape(&c).await;
+    assert_totals(&scrape, &expected);
+    for (reason, n) in &rejected_by_reason {
+        assert_eq!(
+            scrape.get(&format!(
+                "pum_samples_rejected_total{{reason=\"{reason}\"}}"
+            )),
+            *n,
+            "{reason}"
+        );
+    }
+    for (reason, n) in &refused_by_reason {
+        assert_eq!(
+            scrape.get(&format!("pum_pushes_rejected_total{{reason=\"{reason}\"}}")),
+            *n,
+            "{reason}"
+        );
+    }
+    // The server is still healthy.
+    let health = c
+        .get(format!("{}/healthz", server.ingest))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_clients_give_exact_totals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    const CLIENTS: usize = 24;
+    const PER_CLIENT: usize = 40;
+    let url = server.record_url();
+    let mut tasks = Vec::new();
+    for t in 0..CLIENTS {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            for i in 0..PER_CLIENT {
+                let b = batch(t * PER_CLIENT + i);
+                let resp = c
+                    .post(&url)
+                    .header("content-type", "text/plain")
+                    .body(b.to_string())
+                    .send()
+                    .await
+                    .expect("push");
+                assert_eq!(resp.status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let all: Vec<Value> = (0..CLIENTS * PER_CLIENT).map(batch).collect();
+    let scrape = server.scrape(&client()).await;
+    assert_totals(&scrape, &expected_totals(&all));
+    assert_eq!(
+        scrape.get("metrics_aggregator_record_total"),
+        (CLIENTS * PER_CLIENT) as f64
+    );
+}
+
+#[tokio::test]
+async fn acknowledged_pushes_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = client();
+    let first: Vec<Value> = (0..200).map(batch).collect();
+    let server = Server::start(dir.path(), &["--sync-interval", "1h"]);
+    for b in &first {
+        assert_eq!(push(&c, &server, b, "application/json").await.0, 200);
+    }
+    // No fsync has run (the interval is an hour) and no shutdown code runs.
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    assert_totals(&server.scrape(&c).await, &expected_totals(&first));
+    let second: Vec<Value> = (200..260).map(batch).collect();
+    for b in &second {
+        assert_eq!(push(&c, &server, b, "text/plain").await.0, 200);
+    }
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM exits cleanly: {status}");
+    let server = Server::start(dir.path(), &[]);
+    let all: Vec<Value> = (0..260).map(batch).collect();
+    let scrape = server.scrape(&c).await;
+    assert_totals(&scrape, &expected_totals(&all));
+    assert_eq!(scrape.get("metrics_aggregator_record_total"), 260.0);
+}
+
+#[tokio::test]
+async fn cors_origins_and_preflight() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &["--allowed-origins", "https://shop.example"]);
+    let c = client();
+    let pre = c
+        .request(reqwest::Method::OPTIONS, server.record_url())
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(pre.status(), 204);
+    assert_eq!(
+        pre.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    assert!(
+        pre.headers()["access-control-allow-methods"]
+            .to_str()
+            .expect("str")
+            .contains("POST")
+    );
+
+    let ok = c
+        .post(server.record_url())
+        .header("origin", "https://shop.example")
+        .header("content-type", "text/plain")
+        .body(batch(0).to_string())
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+
+    let evil = c
+        .post(server.record_url())
+        .header("origin", "https://evil.example")
+        .header("content-type", "text/plain")
+        .body(batch(1).to_string())
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(evil.status(), 403);
+    assert!(evil.headers().get("access-control-allow-origin").is_none());
+    let body: Value = evil.json().await.expect("json");
+    assert_eq!(body["error"], "origin_not_allowed");
+    let scrape = server.scrape(&c).await;
+    assert_totals(&scrape, &expected_totals(&[batch(0)]));
+    assert_eq!(
+        scrape.get("pum_pushes_rejected_total{reason=\"origin_not_allowed\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_token_client_script_and_unknown_routes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &["--metrics-token", "s3cret"]);
+    let c = client();
+    let denied = c.get(&server.metrics).send().await.expect("scrape");
+    assert_eq!(denied.status(), 401);
+    let wrong = c
+        .get(&server.metrics)
+        .bearer_auth("nope")
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(wrong.status(), 401);
+    let ok = c
+        .get(&server.metrics)
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(ok.status(), 200);
+    assert!(
+        ok.headers()["content-type"]
+            .to_str()
+            .expect("str")
+            .starts_with("text/plain")
+    );
+
+    let js = c
+        .get(format!("{}/static/aggregatorClient.js", server.ingest))
+        .send()
+        .await
+        .expect("client");
+    assert_eq!(js.status(), 200);
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .expect("str")
+            .starts_with("text/javascript")
+    );
+    assert!(
+        js.headers()["cache-control"]
+            .to_str()
+            .expect("str")
+            .contains("max-age=604800")
+    );
+    assert!(js.text().await.expect("text").len() > 1000);
+
+    let missing = c
+        .get(format!("{}/nope", server.ingest))
+        .send()
+        .await
+        .expect("404");
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.json::<Value>().await.expect("json")["error"],
+        "not_found"
+    );
+    let wrong_method = c.get(server.record_url()).send().await.expect("405");
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "POST, OPTIONS");
+    let status = c
+        .get(format!("{}/status", server.ingest))
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(
+        status.status(),
+        200,
+        "the original aggregator's /status still answers"
+    );
+}
+
+#[test]
+fn a_bad_config_stops_start_up_naming_file_metric_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("shop.json");
+    std::fs::write(
+        &cfg,
+        r#"{"allowedMetrics":[{"name":"checkout_total","help":"h","type":"counter","labels":[{"name":"step","allowedValues":"all"}]}]}"#,
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pum-collector"))
+        .args([
+            "standalone",
+            "--ingest-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(dir.path())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shop.json"), "{err}");
+    assert!(err.contains("\"checkout_total\""), "{err}");
+    assert!(err.contains("\"labels[0].allowedValues\""), "{err}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is started on a bad config"
+    );
+}
+
+#[test]
+fn check_config_accepts_the_seed_format_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("a.json"),
+        r#"{"allowedMetrics":[{"name":"a_total","help":"h","type":"counter","labels":[]}]}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("b.json"),
+        r#"{"allowedMetrics":[{"name":"b_seconds","help":"h","type":"histogram","labels":[{"name":"x","allowedValues":["1"]}],"buckets":[1,2]}]}"#,
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("notes.txt"), "ignored").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pum-collector"))
+        .args(["check-config", "--no-browser-pack", "--config"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("a_total") && text.contains("b_seconds"),
+        "{text}"
+    );
+    assert!(!text.contains("browser_lcp_seconds"), "{text}");
+}
