@@ -26,6 +26,8 @@ pub enum Command {
     /// Ingest, embedded store and /metrics in one process (the local default, and a drop-in for
     /// the original aggregator).
     Standalone(StandaloneArgs),
+    /// Read aggregates from an edge deployment's store and serve them on /metrics.
+    Serve(ServeArgs),
     /// Check an allowlist and print what it allows; exits 1 naming the file, metric and field of
     /// the first error.
     CheckConfig(ConfigArgs),
@@ -106,6 +108,85 @@ pub struct StandaloneArgs {
     /// Push limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// Which remote store `serve` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// The Cloudflare Worker's export endpoint (--url, --token).
+    Cloudflare,
+    /// The DynamoDB table the Lambda writes (--table, --region, --endpoint-url).
+    Dynamodb,
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// The store to read.
+    #[arg(long, env = "PUM_SOURCE", value_enum)]
+    pub source: SourceKind,
+
+    /// The allowlist the edge validates with (rendering uses its help texts and buckets).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
+    /// Address for GET /metrics.
+    #[arg(
+        long,
+        env = "PUM_METRICS_LISTEN",
+        default_value = "127.0.0.1:9102",
+        value_name = "ADDR"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// How often the store is read. E.g. 5s, 500ms.
+    #[arg(long, env = "PUM_REFRESH", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub refresh: Duration,
+
+    /// Require "Authorization: Bearer TOKEN" on /metrics.
+    #[arg(
+        long,
+        env = "PUM_METRICS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
+
+    /// Cloudflare: base URL of the Worker (its /export endpoint is read).
+    #[arg(
+        long,
+        env = "PUM_URL",
+        value_name = "URL",
+        required_if_eq("source", "cloudflare")
+    )]
+    pub url: Option<String>,
+
+    /// Cloudflare: the export token (the Worker's EXPORT_TOKEN secret).
+    #[arg(
+        long,
+        env = "PUM_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        required_if_eq("source", "cloudflare")
+    )]
+    pub token: Option<String>,
+
+    /// DynamoDB: the table name.
+    #[arg(
+        long,
+        env = "PUM_TABLE",
+        value_name = "NAME",
+        required_if_eq("source", "dynamodb")
+    )]
+    pub table: Option<String>,
+
+    /// DynamoDB: the AWS region (default: from the AWS environment).
+    #[arg(long, env = "AWS_REGION", value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// DynamoDB: endpoint override, e.g. a local DynamoDB-compatible server.
+    #[arg(long, env = "PUM_DYNAMODB_ENDPOINT", value_name = "URL")]
+    pub endpoint_url: Option<String>,
 }
 
 /// Push limits.

@@ -6,6 +6,7 @@
 //!
 //! - [`cli`]: the command line (every flag also from a `PUM_*` variable).
 //! - [`standalone`]: the ingest and metrics apps and [`standalone::run`].
+//! - [`serve`]: serve mode, reading a remote store on a refresh loop.
 //! - [`embedded`]: the embedded store (a write-ahead log with snapshots).
 //! - [`render`]: the `prometheus` collector that renders aggregates.
 //! - [`telemetry`]: the collector's own metrics.
@@ -13,5 +14,6 @@
 pub mod cli;
 pub mod embedded;
 pub mod render;
+pub mod serve;
 pub mod standalone;
 pub mod telemetry;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pum_collector::cli::{Cli, Command};
+use pum_collector::cli::{Cli, Command, ServeArgs, SourceKind};
 use pum_collector::standalone::{self, Settings};
 use pum_shared::http::Cors;
 
@@ -40,6 +40,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("ok: {} metrics", list.len());
             Ok(())
         }
+        Command::Serve(args) => serve(args),
         Command::Standalone(args) => {
             let allowlist = standalone::load_allowlist(
                 args.config.config.as_deref(),
@@ -76,6 +77,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let allowlist =
+        standalone::load_allowlist(args.config.config.as_deref(), !args.config.no_browser_pack)?;
+    let settings = pum_collector::serve::ServeSettings {
+        allowlist,
+        refresh: args.refresh,
+        metrics_token: args.metrics_token.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("--metrics-listen {}: {e}", args.metrics_listen))?;
+        println!(
+            "pum: metrics listening on http://{}/metrics",
+            listener.local_addr()?
+        );
+        match args.source {
+            SourceKind::Cloudflare => {
+                let _ = (settings, listener);
+                anyhow::bail!("--source cloudflare is not available in this build")
+            }
+            SourceKind::Dynamodb => {
+                let _ = (settings, listener);
+                anyhow::bail!("--source dynamodb is not available in this build")
+            }
+        }
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -3,8 +3,13 @@
 //! The format is the original aggregator's, unchanged: each source (a JSON file) is
 //! `{"allowedMetrics": [...]}`, and each metric has `name`, `help`, `type` (`counter` or
 //! `histogram`), `labels` (each `{"name", "allowedValues": [...]}`) and, for histograms,
-//! `buckets`. One optional extension: `maxValue`, the largest increment or observation one sample
-//! may carry for that metric (default: [`Limits`](crate::Limits)).
+//! `buckets`. Optional extensions:
+//! - `maxValue` (metric): the largest increment or observation one sample may carry for that
+//!   metric (default: [`Limits`](crate::Limits)).
+//! - `otherValue` (label): recorded instead of a value not in `allowedValues`, where the sample
+//!   would otherwise be rejected.
+//! - `source` (label): `"country"`: the edge fills the label in from the request (see
+//!   [`crate::ingest::RequestContext`]); needs `otherValue`.
 //!
 //! Sources are compiled once, at start-up, into an [`Allowlist`]; anything wrong stops start-up
 //! with a [`ConfigError`] naming the source, the metric and the field. The core reads no files:
@@ -88,6 +93,24 @@ pub enum Origin {
     Internal,
 }
 
+/// Where the edge takes a label's value from, for labels the push does not set (extension
+/// `"source"` of a label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelSource {
+    /// The client's country (ISO 3166-1 alpha-2, upper case) as the edge platform reports it:
+    /// Cloudflare's `request.cf.country`, CloudFront's `CloudFront-Viewer-Country`.
+    Country,
+}
+
+impl LabelSource {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LabelSource::Country => "country",
+        }
+    }
+}
+
 /// One allowed label.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelSpec {
@@ -95,6 +118,11 @@ pub struct LabelSpec {
     pub name: String,
     /// Allowed values in config order.
     pub allowed_values: Vec<String>,
+    /// Extension `"source"`: the edge fills the label in; a push may not set it.
+    pub source: Option<LabelSource>,
+    /// Extension `"otherValue"`: the value recorded instead of a value not in `allowedValues`
+    /// (instead of rejecting the sample). Required with `source`.
+    pub other_value: Option<String>,
     allowed: HashSet<String>,
 }
 
@@ -104,12 +132,23 @@ impl LabelSpec {
             name: name.to_owned(),
             allowed: values.iter().cloned().collect(),
             allowed_values: values,
+            source: None,
+            other_value: None,
         }
     }
 
     /// Whether `value` is allowed.
     pub fn allows(&self, value: &str) -> bool {
         self.allowed.contains(value)
+    }
+
+    /// The value to record for `value`: itself if allowed, else `otherValue` if set.
+    pub fn resolve<'a>(&'a self, value: &'a str) -> Option<&'a str> {
+        if self.allows(value) {
+            Some(value)
+        } else {
+            self.other_value.as_deref()
+        }
     }
 }
 
@@ -472,7 +511,29 @@ fn parse_label(raw: &Value, kind: &MetricKind) -> Result<LabelSpec, (String, Str
             _ => return Err((format!(".allowedValues[{k}]"), "must be a string".into())),
         }
     }
-    Ok(LabelSpec::new(name, out))
+    let mut label = LabelSpec::new(name, out);
+    label.other_value = match obj.get("otherValue") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(_) => return Err((".otherValue".into(), "must be a non-empty string".into())),
+    };
+    label.source = match obj.get("source") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "country" => Some(LabelSource::Country),
+        Some(_) => {
+            return Err((
+                ".source".into(),
+                "must be \"country\" (the only value the edge fills in)".into(),
+            ));
+        }
+    };
+    if label.source.is_some() && label.other_value.is_none() {
+        return Err((
+            ".otherValue".into(),
+            "is required with source, for values not in allowedValues (e.g. \"other\")".into(),
+        ));
+    }
+    Ok(label)
 }
 
 fn is_metric_name(s: &str) -> bool {

@@ -128,6 +128,14 @@ pub struct PushOutcome {
     pub refused: Option<Reason>,
 }
 
+/// What the edge knows about a request, for labels the allowlist fills in at the edge
+/// ([`crate::config::LabelSource`]). Nothing here is stored except through such labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestContext {
+    /// The client's country, ISO 3166-1 alpha-2 (e.g. `DE`), if the platform reports one.
+    pub country: Option<String>,
+}
+
 /// The ingest core: an allowlist and limits. Cheap to share; holds no mutable state.
 #[derive(Clone, Debug)]
 pub struct Ingest {
@@ -165,8 +173,19 @@ impl Ingest {
         &self.limits
     }
 
-    /// Handles one push body with its `Content-Type`.
+    /// Handles one push body with its `Content-Type`, with no request context.
     pub fn push(&self, content_type: Option<&str>, body: &[u8]) -> PushOutcome {
+        self.push_with(&RequestContext::default(), content_type, body)
+    }
+
+    /// Handles one push body with its `Content-Type`; labels with a `source` are filled in
+    /// from `ctx`.
+    pub fn push_with(
+        &self,
+        ctx: &RequestContext,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> PushOutcome {
         if !content_type.is_some_and(is_accepted_content_type) {
             return self.refuse(
                 Reason::UnsupportedMediaType,
@@ -219,7 +238,7 @@ impl Ingest {
         let mut accepted = 0usize;
         let mut rejected = Vec::new();
         for (index, raw) in samples.iter().enumerate() {
-            match self.sample(raw, &mut delta) {
+            match self.sample(ctx, raw, &mut delta) {
                 Ok(()) => accepted += 1,
                 Err((metric, reason, message)) => rejected.push(Rejection {
                     index,
@@ -288,6 +307,7 @@ impl Ingest {
     /// Validates one sample and, if valid, adds it to `delta`.
     fn sample(
         &self,
+        ctx: &RequestContext,
         raw: &RawValue,
         delta: &mut Aggregate,
     ) -> Result<(), (Option<String>, Reason, String)> {
@@ -354,7 +374,7 @@ impl Ingest {
             }
         }
         let key = self
-            .series_key(spec, sample.labels)
+            .series_key(ctx, spec, sample.labels)
             .map_err(|(r, m)| err(r, m))?;
         let max = spec.max_value;
         match &spec.kind {
@@ -413,6 +433,7 @@ impl Ingest {
 
     fn series_key(
         &self,
+        ctx: &RequestContext,
         spec: &MetricSpec,
         labels: Option<RawLabels<'_>>,
     ) -> Result<SeriesKey, (Reason, String)> {
@@ -420,10 +441,18 @@ impl Ingest {
         if let Some(RawLabels(Some(items))) = labels {
             pairs.reserve(items.len());
             for (Str(name), raw) in items {
-                let Some(label) = spec.label(&name) else {
+                let Some(label) = spec.label(&name).filter(|l| l.source.is_none()) else {
                     return Err((
                         Reason::UnknownLabel,
-                        format!("label {:?} is not allowed for this metric", cut(&name, 100)),
+                        format!(
+                            "label {:?} is not allowed for this metric{}",
+                            cut(&name, 100),
+                            if spec.label(&name).is_some() {
+                                " (the edge fills it in)"
+                            } else {
+                                ""
+                            }
+                        ),
                     ));
                 };
                 let Ok(Str(value)) = serde_json::from_str::<Str<'_>>(raw.get()) else {
@@ -441,7 +470,11 @@ impl Ingest {
                         ),
                     ));
                 }
-                if !label.allows(&value) {
+                let value = if label.allows(&value) {
+                    value.into_owned()
+                } else if let Some(other) = &label.other_value {
+                    other.clone()
+                } else {
                     return Err((
                         Reason::LabelValueNotAllowed,
                         format!(
@@ -449,14 +482,25 @@ impl Ingest {
                             cut(&value, 100)
                         ),
                     ));
-                }
-                pairs.push((name.into_owned(), value.into_owned()));
+                };
+                pairs.push((name.into_owned(), value));
             }
         } else if labels.is_some_and(|l| l.0.is_none()) {
             return Err((
                 Reason::InvalidLabels,
                 "labels must be an object of label names to string values".into(),
             ));
+        }
+        for label in spec.labels.iter().filter(|l| l.source.is_some()) {
+            let given = match label.source {
+                Some(crate::config::LabelSource::Country) => ctx.country.as_deref(),
+                None => None,
+            };
+            let value = given
+                .and_then(|v| label.resolve(v))
+                .or(label.other_value.as_deref())
+                .unwrap_or_default();
+            pairs.push((label.name.clone(), value.to_owned()));
         }
         pairs.sort_unstable();
         if pairs.windows(2).any(|w| w[0].0 == w[1].0) {

@@ -304,3 +304,69 @@ fn beacon_fixture_is_realistic_and_accepted_whole() {
         .sum();
     assert_eq!(observations, 8);
 }
+
+#[test]
+fn edge_labels_are_filled_from_the_request_and_bounded() {
+    let list = Allowlist::compile(
+        [(
+            "a.json",
+            r#"{"allowedMetrics":[{"name":"views_total","help":"h","type":"counter","labels":[
+                {"name":"country","allowedValues":["DE","FR"],"source":"country","otherValue":"other"},
+                {"name":"page","allowedValues":["home"],"otherValue":"other"}]}]}"#,
+        )],
+        false,
+    )
+    .expect("compiles");
+    let ingest = Ingest::new(list, Limits::default());
+    let body = br#"[{"metricName":"views_total","metricType":"counter","labels":{"page":"home"},"inc":1},
+                   {"metricName":"views_total","metricType":"counter","labels":{"page":"/secret/123"},"inc":1}]"#;
+    let de = RequestContext {
+        country: Some("DE".into()),
+    };
+    let out = ingest.push_with(&de, Some("text/plain"), body);
+    assert_eq!(out.accepted, 2, "{}", out.body);
+    assert_eq!(
+        counter(
+            &out.delta,
+            "views_total",
+            &[("country", "DE"), ("page", "home")]
+        ),
+        1_000_000
+    );
+    assert_eq!(
+        counter(
+            &out.delta,
+            "views_total",
+            &[("country", "DE"), ("page", "other")]
+        ),
+        1_000_000
+    );
+    let out = ingest.push_with(
+        &RequestContext {
+            country: Some("ZZ".into()),
+        },
+        Some("text/plain"),
+        body,
+    );
+    assert_eq!(
+        counter(
+            &out.delta,
+            "views_total",
+            &[("country", "other"), ("page", "home")]
+        ),
+        1_000_000
+    );
+    let out = ingest.push(Some("text/plain"), body);
+    assert_eq!(
+        counter(
+            &out.delta,
+            "views_total",
+            &[("country", "other"), ("page", "home")]
+        ),
+        1_000_000
+    );
+    // A push may not set a label the edge fills in.
+    let spoof = br#"[{"metricName":"views_total","metricType":"counter","labels":{"country":"FR"},"inc":1}]"#;
+    let out = ingest.push_with(&de, Some("text/plain"), spoof);
+    assert_eq!(out.rejected[0].reason, Reason::UnknownLabel, "{}", out.body);
+}
