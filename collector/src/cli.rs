@@ -13,7 +13,12 @@ use pum_shared::Limits;
 /// Web pages push measurements to an ingest (`POST /record`); pum validates each push against an
 /// allowlist, aggregates it exactly and serves the totals on `/metrics` for Prometheus.
 #[derive(Debug, Parser)]
-#[command(name = "pum-collector", version, propagate_version = true)]
+#[command(
+    name = "pum-collector",
+    version,
+    propagate_version = true,
+    after_help = "Examples:\n  pum-collector standalone                      # demo page on http://127.0.0.1:3000/, metrics on :9102\n  pum-collector standalone --config allowlist/  # your own allowlist (a file or a directory of *.json)\n  pum-collector check-config --config allowlist/\n  pum-collector serve --source cloudflare --url https://pum.example.workers.dev --token $EXPORT_TOKEN\n  pum-collector serve --source dynamodb --table pum-aggregates --region eu-west-1"
+)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
@@ -191,6 +196,9 @@ pub struct ServeArgs {
 
 /// Push limits.
 #[derive(Debug, Args, Clone)]
+#[command(
+    next_help_heading = "Push limits (a push over them is refused or its sample rejected, with a reason)"
+)]
 pub struct LimitArgs {
     /// Largest push body in bytes.
     #[arg(long, env = "PUM_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
