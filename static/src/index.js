@@ -1,0 +1,2 @@
+// ES module entry for bundlers: `import { createClient } from './aggregatorClient.mjs'`.
+export { createClient } from './client.js';
