@@ -185,8 +185,8 @@ pub struct ServeArgs {
     )]
     pub table: Option<String>,
 
-    /// DynamoDB: the AWS region (default: from the AWS environment).
-    #[arg(long, env = "AWS_REGION", value_name = "REGION")]
+    /// DynamoDB: the AWS region (default: from the AWS environment, e.g. AWS_REGION).
+    #[arg(long, env = "PUM_REGION", value_name = "REGION")]
     pub region: Option<String>,
 
     /// DynamoDB: endpoint override, e.g. a local DynamoDB-compatible server.

@@ -152,9 +152,12 @@ pub fn ingest_app(state: Arc<Standalone>) -> Router {
         .route("/status", get(|| async { StatusCode::OK }))
         .route(
             core_http::CLIENT_PATH,
-            get(|| async { javascript(CLIENT_JS) }),
+            get(|headers: HeaderMap| async move { javascript(CLIENT_JS, &headers) }),
         )
-        .route("/static/demo.js", get(|| async { javascript(DEMO_JS) }))
+        .route(
+            "/static/demo.js",
+            get(|headers: HeaderMap| async move { javascript(DEMO_JS, &headers) }),
+        )
         .route("/", get(|| async { html(DEMO_HTML, None) }))
         .route("/demo", get(|| async { html(DEMO_HTML, None) }))
         .route(
@@ -314,16 +317,29 @@ async fn preflight(State(s): State<Arc<Standalone>>, headers: HeaderMap) -> Resp
     )
 }
 
-fn javascript(body: &'static str) -> Response {
+/// Serves a script with a week's cache and an ETag, so browsers revalidate cheaply after that.
+fn javascript(body: &'static str, headers: &HeaderMap) -> Response {
+    let etag = format!("\"{:08x}\"", crc32fast::hash(body.as_bytes()));
+    let common = [
+        (
+            header::CACHE_CONTROL,
+            "public, max-age=604800, stale-while-revalidate=86400",
+        ),
+        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+    ];
+    if header_str(headers, header::IF_NONE_MATCH)
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+    {
+        return (StatusCode::NOT_MODIFIED, common, [(header::ETAG, etag)]).into_response();
+    }
     (
+        common,
         [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            // A week: the client changes rarely and the snippet's URL carries no version.
             (
-                header::CACHE_CONTROL,
-                "public, max-age=604800, stale-while-revalidate=86400",
+                header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8".to_owned(),
             ),
-            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::ETAG, etag),
         ],
         body,
     )

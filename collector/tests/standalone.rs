@@ -384,7 +384,15 @@ async fn metrics_token_client_script_and_unknown_routes() {
             .expect("str")
             .contains("max-age=604800")
     );
+    let etag = js.headers()["etag"].clone();
     assert!(js.text().await.expect("text").len() > 1000);
+    let cached = c
+        .get(format!("{}/static/aggregatorClient.js", server.ingest))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("revalidate");
+    assert_eq!(cached.status(), 304);
 
     let missing = c
         .get(format!("{}/nope", server.ingest))
