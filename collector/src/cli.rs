@@ -52,6 +52,13 @@ pub struct ConfigArgs {
     pub no_browser_pack: bool,
 }
 
+impl ConfigArgs {
+    /// Reads and compiles the allowlist these flags name.
+    pub fn load(&self) -> anyhow::Result<pum_shared::Allowlist> {
+        crate::standalone::load_allowlist(self.config.as_deref(), !self.no_browser_pack)
+    }
+}
+
 /// Flags of `standalone`.
 #[derive(Debug, Args, Clone)]
 pub struct StandaloneArgs {
@@ -68,14 +75,9 @@ pub struct StandaloneArgs {
     )]
     pub ingest_listen: SocketAddr,
 
-    /// Address for the Prometheus side: GET /metrics.
-    #[arg(
-        long,
-        env = "PUM_METRICS_LISTEN",
-        default_value = "127.0.0.1:9102",
-        value_name = "ADDR"
-    )]
-    pub metrics_listen: SocketAddr,
+    /// The Prometheus side.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 
     /// Directory of the embedded store (created if missing; one process at a time).
     #[arg(
@@ -101,6 +103,23 @@ pub struct StandaloneArgs {
     )]
     pub allowed_origins: String,
 
+    /// Push limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Where and how `/metrics` is served.
+#[derive(Debug, Args, Clone)]
+pub struct MetricsArgs {
+    /// Address for the Prometheus side: GET /metrics.
+    #[arg(
+        long,
+        env = "PUM_METRICS_LISTEN",
+        default_value = "127.0.0.1:9102",
+        value_name = "ADDR"
+    )]
+    pub metrics_listen: SocketAddr,
+
     /// Require "Authorization: Bearer TOKEN" on /metrics.
     #[arg(
         long,
@@ -109,10 +128,6 @@ pub struct StandaloneArgs {
         hide_env_values = true
     )]
     pub metrics_token: Option<String>,
-
-    /// Push limits.
-    #[command(flatten)]
-    pub limits: LimitArgs,
 }
 
 /// Which remote store `serve` reads.
@@ -135,27 +150,13 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
 
-    /// Address for GET /metrics.
-    #[arg(
-        long,
-        env = "PUM_METRICS_LISTEN",
-        default_value = "127.0.0.1:9102",
-        value_name = "ADDR"
-    )]
-    pub metrics_listen: SocketAddr,
+    /// The Prometheus side.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 
     /// How often the store is read. E.g. 5s, 500ms.
     #[arg(long, env = "PUM_REFRESH", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub refresh: Duration,
-
-    /// Require "Authorization: Bearer TOKEN" on /metrics.
-    #[arg(
-        long,
-        env = "PUM_METRICS_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub metrics_token: Option<String>,
 
     /// Cloudflare: base URL of the Worker (its /export endpoint is read).
     #[arg(

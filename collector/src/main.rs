@@ -28,7 +28,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig(args) => {
-            let list = standalone::load_allowlist(args.config.as_deref(), !args.no_browser_pack)?;
+            let list = args.load()?;
             for m in list.metrics() {
                 let labels: Vec<String> = m
                     .labels
@@ -42,30 +42,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve(args) => serve(args),
         Command::Standalone(args) => {
-            let allowlist = standalone::load_allowlist(
-                args.config.config.as_deref(),
-                !args.config.no_browser_pack,
-            )?;
+            let allowlist = args.config.load()?;
             let settings = Settings {
                 allowlist,
                 limits: (&args.limits).into(),
                 cors: Cors::parse(&args.allowed_origins),
                 data_dir: args.data_dir.clone(),
                 sync_interval: args.sync_interval,
-                metrics_token: args.metrics_token.clone(),
+                metrics_token: args.metrics.metrics_token.clone(),
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let ingest = tokio::net::TcpListener::bind(args.ingest_listen)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("--ingest-listen {}: {e}", args.ingest_listen))?;
-                let metrics = tokio::net::TcpListener::bind(args.metrics_listen)
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!("--metrics-listen {}: {e}", args.metrics_listen)
-                    })?;
+            runtime()?.block_on(async move {
+                let ingest = bind(args.ingest_listen, "--ingest-listen").await?;
+                let metrics = bind(args.metrics.metrics_listen, "--metrics-listen").await?;
                 // These lines are the interface for people and scripts alike: keep their shape.
                 println!("pum: ingest listening on http://{}", ingest.local_addr()?);
                 println!(
@@ -80,20 +68,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let allowlist =
-        standalone::load_allowlist(args.config.config.as_deref(), !args.config.no_browser_pack)?;
+    let allowlist = args.config.load()?;
     let settings = pum_collector::serve::ServeSettings {
         allowlist,
         refresh: args.refresh,
-        metrics_token: args.metrics_token.clone(),
+        metrics_token: args.metrics.metrics_token.clone(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.metrics_listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("--metrics-listen {}: {e}", args.metrics_listen))?;
+    runtime()?.block_on(async move {
+        let listener = bind(args.metrics.metrics_listen, "--metrics-listen").await?;
         println!(
             "pum: metrics listening on http://{}/metrics",
             listener.local_addr()?
@@ -109,6 +91,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Binds a listener; the error names the flag that set the address.
+async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{flag} {addr}: {e}"))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -92,39 +92,27 @@ impl SeriesValue {
     /// element-wise as if the shorter were padded with zeros. Both rules keep the merge
     /// commutative and associative.
     fn add(&mut self, other: &SeriesValue) {
-        match (&mut *self, other) {
-            (SeriesValue::Counter { micros }, SeriesValue::Counter { micros: o }) => {
-                *micros = micros.saturating_add(*o);
-            }
-            (
-                SeriesValue::Histogram {
-                    buckets,
-                    sum_micros,
-                },
-                SeriesValue::Histogram {
-                    buckets: ob,
-                    sum_micros: os,
-                },
-            ) => {
-                if buckets.len() < ob.len() {
-                    buckets.resize(ob.len(), 0);
-                }
-                for (b, o) in buckets.iter_mut().zip(ob) {
-                    *b = b.saturating_add(*o);
-                }
-                *sum_micros = sum_micros.saturating_add(*os);
-            }
-            (SeriesValue::Counter { .. }, SeriesValue::Histogram { .. }) => *self = other.clone(),
-            (SeriesValue::Histogram { .. }, SeriesValue::Counter { .. }) => {}
-        }
+        self.combine(other, u64::saturating_add, u128::saturating_add);
     }
 
     /// Keeps, element by element, the larger of `self` and `other`: cumulative values only grow,
     /// so the larger one is the fresher read of the same shard.
     fn max_with(&mut self, other: &SeriesValue) {
+        self.combine(other, Ord::max, Ord::max);
+    }
+
+    /// Combines `other` into `self` element by element with `count` (bucket counts) and `total`
+    /// (counter and sum values). Both operations must be commutative and associative with 0 as
+    /// identity, which the padding and the type-conflict rule rely on.
+    fn combine(
+        &mut self,
+        other: &SeriesValue,
+        count: impl Fn(u64, u64) -> u64,
+        total: impl Fn(u128, u128) -> u128,
+    ) {
         match (&mut *self, other) {
             (SeriesValue::Counter { micros }, SeriesValue::Counter { micros: o }) => {
-                *micros = (*micros).max(*o);
+                *micros = total(*micros, *o);
             }
             (
                 SeriesValue::Histogram {
@@ -140,9 +128,9 @@ impl SeriesValue {
                     buckets.resize(ob.len(), 0);
                 }
                 for (b, o) in buckets.iter_mut().zip(ob) {
-                    *b = (*b).max(*o);
+                    *b = count(*b, *o);
                 }
-                *sum_micros = (*sum_micros).max(*os);
+                *sum_micros = total(*sum_micros, *os);
             }
             (SeriesValue::Counter { .. }, SeriesValue::Histogram { .. }) => *self = other.clone(),
             (SeriesValue::Histogram { .. }, SeriesValue::Counter { .. }) => {}
