@@ -57,17 +57,40 @@ export const vitalReporter = (observe, name, scale) => {
   };
 };
 
-/** Starts every automatic measurement; `safe` wraps callbacks so they never throw. */
+/**
+ * For a metric reported with every change (reportAllChanges): returns
+ * `[keep, finish]`; `keep` is the web-vitals callback and holds the latest
+ * report, `finish()` records it as vitalReporter does, once per metric id.
+ */
+export const latestReporter = (observe, name, scale) => {
+  let last;
+  const report = vitalReporter(observe, name, scale);
+  return [(m) => (last = m), () => last && report(last)];
+};
+
+/**
+ * Starts every automatic measurement; `safe` wraps callbacks so they never
+ * throw. Returns `finish`, which the client calls when the page turns hidden,
+ * after every web-vitals listener ran and before it flushes.
+ */
 export const startAuto = (observe, safe) => {
   // [web-vitals function, metric name, divisor: ms -> s, CLS unitless]
   for (const [on, name, scale] of [
     [onLCP, 'browser_lcp_seconds', 1e3],
-    [onINP, 'browser_inp_seconds', 1e3],
     [onCLS, 'browser_cls', 1],
     [onFCP, 'browser_fcp_seconds', 1e3],
     [onTTFB, 'browser_ttfb_seconds', 1e3],
   ])
     safe(on)(safe(vitalReporter(observe, name, scale)));
+  // INP: web-vitals counts interactions in an idle callback (up to 1 s later in
+  // Chromium, later still on a busy page). When the page is hidden before that
+  // callback ran, its report at hide comes first and goes out without those
+  // interactions (no INP at all when they were the only ones), and the update
+  // that follows is only reported with reportAllChanges. So INP comes with
+  // every change, and the client's hide handler, which runs after all of
+  // web-vitals' listeners, records the latest value by calling `finish`.
+  const [keepInp, finish] = latestReporter(observe, 'browser_inp_seconds', 1e3);
+  safe(onINP)(safe(keepInp), { reportAllChanges: true });
   // loadEventEnd is set after the load handlers ran: measure one task later.
   const nav = () =>
     setTimeout(
@@ -78,4 +101,5 @@ export const startAuto = (observe, safe) => {
       0,
     );
   document.readyState == 'complete' ? nav() : addEventListener('load', nav);
+  return finish;
 };

@@ -147,16 +147,19 @@ export function createClient(o) {
   try {
     set(o);
     if (sampled) {
+      let finish;
+      if (o.autoMetrics !== false && o.autoMetrics !== 'false')
+        finish = safe(startAuto)(client.observe, safe);
       // Registered on window without capture, so this runs after web-vitals'
-      // capture-phase visibilitychange listeners on window (which report CLS,
-      // INP and LCP synchronously when the page turns hidden): the final
-      // values are in the buffer before the beacon goes.
+      // capture-phase visibilitychange listeners on window (which report CLS
+      // and LCP, and update INP, synchronously when the page turns hidden);
+      // `finish` then records INP: the final values are in the buffer before
+      // the beacon goes.
       addEventListener(
         'visibilitychange',
-        safe(() => document.visibilityState == 'hidden' && flush()),
+        safe(() => document.visibilityState == 'hidden' && (finish && safe(finish)(), flush())),
       );
       addEventListener('pagehide', client.flush);
-      if (o.autoMetrics !== false && o.autoMetrics !== 'false') startAuto(client.observe, safe);
     }
   } catch (e) {}
   return client;

@@ -3,7 +3,7 @@ import { test, mock, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { fakeBrowser, install, NAV_ENTRY } from './fake-browser.mjs';
-import { navigationObservations, vitalReporter } from '../../src/auto.js';
+import { navigationObservations, vitalReporter, latestReporter } from '../../src/auto.js';
 import { createClient } from '../../src/client.js';
 
 const pack = JSON.parse(readFileSync(new URL('../../../shared/packs/browser.json', import.meta.url)));
@@ -73,6 +73,26 @@ test('web-vitals values: ms to seconds, CLS as is, once per metric id, not round
   // A threshold in ms divides to exactly the bucket bound in the pack.
   assert.equal(200 / 1e3, 0.2);
   assert.equal(1800 / 1e3, 1.8);
+});
+
+test('INP: the latest of every change is recorded at finish (page hide), once per metric id', () => {
+  const seen = [];
+  const [keep, finish] = latestReporter((...a) => seen.push(a), 'browser_inp_seconds', 1e3);
+  finish();
+  assert.deepEqual(seen, [], 'no interaction, no INP');
+  // web-vitals (reportAllChanges) reports each increase, the last one possibly
+  // during the hide itself, before the client's hide handler calls finish.
+  keep({ name: 'INP', id: 'v6-1', value: 8 });
+  keep({ name: 'INP', id: 'v6-1', value: 120 });
+  finish();
+  keep({ name: 'INP', id: 'v6-1', value: 300 }); // a later hide of the same page view
+  finish();
+  keep({ name: 'INP', id: 'v6-2', value: 40 }); // after a bfcache restore
+  finish();
+  assert.deepEqual(seen, [
+    ['browser_inp_seconds', {}, 0.12],
+    ['browser_inp_seconds', {}, 0.04],
+  ]);
 });
 
 test('the client measures after load and every automatic sample is allowed by the pack', () => {
