@@ -102,8 +102,8 @@ impl SeriesValue {
     }
 
     /// Combines `other` into `self` element by element with `count` (bucket counts) and `total`
-    /// (counter and sum values). Both operations must be commutative and associative with 0 as
-    /// identity, which the padding and the type-conflict rule rely on.
+    /// (counter and sum values), padding shorter bucket vectors with zeros. For merges both
+    /// operations are commutative and associative with 0 as identity.
     fn combine(
         &mut self,
         other: &SeriesValue,
@@ -223,6 +223,16 @@ impl Aggregate {
                 None => {
                     self.series.insert(key.clone(), value.clone());
                 }
+            }
+        }
+    }
+
+    /// Undoes a [`Aggregate::merge`] of `other` (a store whose write failed after it merged in
+    /// memory). Series the merge created stay, at zero.
+    pub fn subtract(&mut self, other: &Aggregate) {
+        for (key, value) in &other.series {
+            if let Some(mine) = self.series.get_mut(key) {
+                mine.combine(value, u64::saturating_sub, u128::saturating_sub);
             }
         }
     }
@@ -433,6 +443,20 @@ mod tests {
         b.add_value(k.clone(), hist(&[1, 1, 1], 3));
         a.merge(&b);
         assert_eq!(a.get(&k), Some(&hist(&[2, 2, 1], 5)));
+    }
+
+    #[test]
+    fn subtract_undoes_merge() {
+        let mut total = Aggregate::new();
+        total.add_counter(SeriesKey::new("c", &[]), 10);
+        total.add_value(SeriesKey::new("h", &[]), hist(&[1, 2], 30));
+        let before = total.clone();
+        let mut delta = Aggregate::new();
+        delta.add_counter(SeriesKey::new("c", &[]), 4);
+        delta.add_value(SeriesKey::new("h", &[]), hist(&[0, 1], 7));
+        total.merge(&delta);
+        total.subtract(&delta);
+        assert_eq!(total, before);
     }
 
     #[test]

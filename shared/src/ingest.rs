@@ -186,6 +186,18 @@ impl Ingest {
         content_type: Option<&str>,
         body: &[u8],
     ) -> PushOutcome {
+        self.push_inner(ctx, content_type, body, true)
+    }
+
+    /// [`Ingest::push_with`], with the fast path optional so that tests can check both paths
+    /// give the same outcome.
+    fn push_inner(
+        &self,
+        ctx: &RequestContext,
+        content_type: Option<&str>,
+        body: &[u8],
+        fast_path: bool,
+    ) -> PushOutcome {
         if !content_type.is_some_and(is_accepted_content_type) {
             return self.refuse(
                 Reason::UnsupportedMediaType,
@@ -201,51 +213,44 @@ impl Ingest {
                 ),
             );
         }
-        let samples: Vec<&RawValue> = match serde_json::from_slice(body) {
-            Ok(s) => s,
-            Err(e) => {
-                let first = body.iter().find(|b| !b.is_ascii_whitespace());
-                let json_but_not_array =
-                    first != Some(&b'[') && serde_json::from_slice::<de::IgnoredAny>(body).is_ok();
-                return if json_but_not_array {
-                    self.refuse(
-                        Reason::NotAnArray,
-                        "the body must be a JSON array of samples",
-                    )
-                } else {
-                    self.refuse(
-                        Reason::InvalidJson,
-                        &format!("the body is not valid JSON: {e}"),
-                    )
-                };
-            }
-        };
-        if samples.is_empty() {
-            return self.refuse(Reason::EmptyBatch, "the array holds no samples");
-        }
-        if samples.len() > self.limits.max_samples {
-            return self.refuse(
-                Reason::TooManySamples,
-                &format!(
-                    "{} samples; at most {} are allowed in one push",
-                    samples.len(),
-                    self.limits.max_samples
-                ),
-            );
-        }
-
+        // The fast path reads the body once into typed samples. Anything it cannot type (a
+        // string where a number belongs, a sample that is not an object, ...) sends the push down
+        // the slow path, which reads each field on its own to name each problem.
         let mut delta = Aggregate::new();
         let mut accepted = 0usize;
         let mut rejected = Vec::new();
-        for (index, raw) in samples.iter().enumerate() {
-            match self.sample(ctx, raw, &mut delta) {
-                Ok(()) => accepted += 1,
-                Err((metric, reason, message)) => rejected.push(Rejection {
-                    index,
-                    metric,
-                    reason,
-                    message,
-                }),
+        // UTF-8 is checked once for the whole body, so the parser need not check each string.
+        let typed = fast_path.then(|| typed_samples(body)).flatten();
+        match typed {
+            Some(samples) if (1..=self.limits.max_samples).contains(&samples.len()) => {
+                for (index, ObjectOnly(sample)) in samples.into_iter().enumerate() {
+                    self.record(ctx, index, sample, &mut delta, &mut accepted, &mut rejected);
+                }
+            }
+            _ => {
+                let samples = match self.raw_samples(body) {
+                    Ok(samples) => samples,
+                    Err(refusal) => return refusal,
+                };
+                for (index, raw) in samples.iter().enumerate() {
+                    let sample = raw_sample(raw);
+                    match sample {
+                        Ok(sample) => self.record(
+                            ctx,
+                            index,
+                            sample,
+                            &mut delta,
+                            &mut accepted,
+                            &mut rejected,
+                        ),
+                        Err(message) => rejected.push(Rejection {
+                            index,
+                            metric: None,
+                            reason: Reason::InvalidSample,
+                            message,
+                        }),
+                    }
+                }
             }
         }
         if accepted == 0 {
@@ -304,20 +309,72 @@ impl Ingest {
         }
     }
 
-    /// Validates one sample and, if valid, adds it to `delta`.
-    fn sample(
+    /// Splits a body into raw samples, or refuses it whole with the reason.
+    fn raw_samples<'a>(&self, body: &'a [u8]) -> Result<Vec<&'a RawValue>, PushOutcome> {
+        let samples: Vec<&RawValue> = match serde_json::from_slice(body) {
+            Ok(s) => s,
+            Err(e) => {
+                let first = body.iter().find(|b| !b.is_ascii_whitespace());
+                let json_but_not_array =
+                    first != Some(&b'[') && serde_json::from_slice::<de::IgnoredAny>(body).is_ok();
+                return Err(if json_but_not_array {
+                    self.refuse(
+                        Reason::NotAnArray,
+                        "the body must be a JSON array of samples",
+                    )
+                } else {
+                    self.refuse(
+                        Reason::InvalidJson,
+                        &format!("the body is not valid JSON: {e}"),
+                    )
+                });
+            }
+        };
+        if samples.is_empty() {
+            return Err(self.refuse(Reason::EmptyBatch, "the array holds no samples"));
+        }
+        if samples.len() > self.limits.max_samples {
+            return Err(self.refuse(
+                Reason::TooManySamples,
+                &format!(
+                    "{} samples; at most {} are allowed in one push",
+                    samples.len(),
+                    self.limits.max_samples
+                ),
+            ));
+        }
+        Ok(samples)
+    }
+
+    /// Checks one sample and records it in `delta`, or its rejection.
+    fn record<'a, V: Field<'a>, N: Number, O: Observations>(
         &self,
         ctx: &RequestContext,
-        raw: &RawValue,
+        index: usize,
+        sample: Sample<'a, V, N, O>,
+        delta: &mut Aggregate,
+        accepted: &mut usize,
+        rejected: &mut Vec<Rejection>,
+    ) {
+        match self.check(ctx, sample, delta) {
+            Ok(()) => *accepted += 1,
+            Err((metric, reason, message)) => rejected.push(Rejection {
+                index,
+                metric,
+                reason,
+                message,
+            }),
+        }
+    }
+
+    /// Validates one sample and, if valid, adds it to `delta`. The same checks, in the same
+    /// order, whichever path decoded the sample.
+    fn check<'a, V: Field<'a>, N: Number, O: Observations>(
+        &self,
+        ctx: &RequestContext,
+        sample: Sample<'a, V, N, O>,
         delta: &mut Aggregate,
     ) -> Result<(), (Option<String>, Reason, String)> {
-        let shape_error = "a sample must be an object with metricName, metricType, labels and inc or observations";
-        // serde would also read a struct from an array of its fields; a sample is an object.
-        if !raw.get().trim_start().starts_with('{') {
-            return Err((None, Reason::InvalidSample, shape_error.into()));
-        }
-        let sample: RawSample<'_> = serde_json::from_str(raw.get())
-            .map_err(|e| (None, Reason::InvalidSample, format!("{shape_error}: {e}")))?;
         let name = match sample.metric_name {
             None => {
                 return Err((
@@ -326,9 +383,9 @@ impl Ingest {
                     "metricName is missing".into(),
                 ));
             }
-            Some(raw) => match serde_json::from_str::<Str<'_>>(raw.get()) {
-                Ok(Str(name)) => name,
-                Err(_) => {
+            Some(raw) => match raw.string() {
+                Some(name) => name,
+                None => {
                     return Err((
                         None,
                         Reason::InvalidMetricName,
@@ -349,10 +406,7 @@ impl Ingest {
                 "the metric is not in the allowlist".into(),
             );
         };
-        match sample
-            .metric_type
-            .map(|t| serde_json::from_str::<Str<'_>>(t.get()))
-        {
+        match sample.metric_type.map(Field::string) {
             None => {
                 return fail(
                     Reason::MissingMetricType,
@@ -362,7 +416,7 @@ impl Ingest {
                     ),
                 );
             }
-            Some(Ok(Str(t))) if t == spec.kind.as_str() => {}
+            Some(Some(t)) if t == spec.kind.as_str() => {}
             Some(_) => {
                 return fail(
                     Reason::TypeMismatch,
@@ -383,7 +437,9 @@ impl Ingest {
                     return fail(Reason::MissingValue, "a counter sample needs inc".into());
                 };
                 let max = max.unwrap_or(self.limits.max_increment);
-                let inc = number(raw, max).map_err(|(r, m)| err(r, format!("inc {m}")))?;
+                let inc = raw
+                    .number(max)
+                    .map_err(|(r, m)| err(r, format!("inc {m}")))?;
                 delta.add_counter(key, to_micros(inc));
             }
             MetricKind::Histogram { .. } => {
@@ -393,34 +449,11 @@ impl Ingest {
                         "a histogram sample needs observations".into(),
                     );
                 };
-                let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) else {
-                    return fail(
-                        Reason::InvalidValue,
-                        "observations must be an array of numbers".into(),
-                    );
-                };
-                if items.is_empty() {
-                    return fail(Reason::MissingValue, "observations is empty".into());
-                }
-                if items.len() > self.limits.max_observations {
-                    return fail(
-                        Reason::TooManyObservations,
-                        format!(
-                            "{} observations; at most {} are allowed in one sample",
-                            items.len(),
-                            self.limits.max_observations
-                        ),
-                    );
-                }
                 let max = max.unwrap_or(self.limits.max_observation);
-                // Check every observation before recording any: a sample is accepted whole.
-                let mut values = Vec::with_capacity(items.len());
-                for (i, item) in items.iter().enumerate() {
-                    values.push(
-                        number(item, max)
-                            .map_err(|(r, m)| err(r, format!("observation {i} {m}")))?,
-                    );
-                }
+                // Every observation is checked before any is recorded: a sample is accepted whole.
+                let values = raw
+                    .values(self.limits.max_observations, max)
+                    .map_err(|(r, m)| err(r, m))?;
                 delta.observe_all(
                     key,
                     spec.bucket_count(),
@@ -431,14 +464,23 @@ impl Ingest {
         Ok(())
     }
 
-    fn series_key(
+    fn series_key<'a, V: Field<'a>>(
         &self,
         ctx: &RequestContext,
         spec: &MetricSpec,
-        labels: Option<RawLabels<'_>>,
+        labels: Option<Labels<'a, V>>,
     ) -> Result<SeriesKey, (Reason, String)> {
         let mut pairs: Vec<(String, String)> = Vec::new();
-        if let Some(RawLabels(Some(items))) = labels {
+        match labels {
+            None | Some(Labels(Some(_))) => {}
+            Some(Labels(None)) => {
+                return Err((
+                    Reason::InvalidLabels,
+                    "labels must be an object of label names to string values".into(),
+                ));
+            }
+        }
+        if let Some(Labels(Some(items))) = labels {
             pairs.reserve(items.len());
             for (Str(name), raw) in items {
                 let Some(label) = spec.label(&name).filter(|l| l.source.is_none()) else {
@@ -455,7 +497,7 @@ impl Ingest {
                         ),
                     ));
                 };
-                let Ok(Str(value)) = serde_json::from_str::<Str<'_>>(raw.get()) else {
+                let Some(value) = raw.string() else {
                     return Err((
                         Reason::InvalidLabelValue,
                         format!("the value of label {name:?} must be a string"),
@@ -485,11 +527,6 @@ impl Ingest {
                 };
                 pairs.push((name.into_owned(), value));
             }
-        } else if labels.is_some_and(|l| l.0.is_none()) {
-            return Err((
-                Reason::InvalidLabels,
-                "labels must be an object of label names to string values".into(),
-            ));
         }
         for label in spec.labels.iter().filter(|l| l.source.is_some()) {
             let given = match label.source {
@@ -554,24 +591,6 @@ fn is_accepted_content_type(ct: &str) -> bool {
     essence.eq_ignore_ascii_case("application/json") || essence.eq_ignore_ascii_case("text/plain")
 }
 
-/// Parses a JSON number in `0..=max`.
-fn number(raw: &RawValue, max: f64) -> Result<f64, (Reason, String)> {
-    let text = raw.get();
-    match serde_json::from_str::<f64>(text) {
-        Ok(v) if v.is_finite() && v >= 0.0 && v <= max => Ok(v),
-        Ok(v) => Err((
-            Reason::ValueOutOfRange,
-            format!("is {v}; it must be between 0 and {max}"),
-        )),
-        // A JSON number that does not fit an f64 (1e400) is out of range, not of the wrong type.
-        Err(_) if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => Err((
-            Reason::ValueOutOfRange,
-            format!("is out of range; it must be between 0 and {max}"),
-        )),
-        Err(_) => Err((Reason::InvalidValue, "must be a number".into())),
-    }
-}
-
 fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
@@ -583,19 +602,173 @@ fn cut(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// One sample, with each field kept raw so that each can be judged with its own reason.
+/// One sample, generic over how its fields are held: typed ([`TypedSample`], the fast path's
+/// single pass) or raw ([`RawSample`], the slow path, where each field is judged on its own).
 #[derive(Deserialize)]
-struct RawSample<'a> {
-    #[serde(rename = "metricName", borrow, default)]
-    metric_name: Option<&'a RawValue>,
-    #[serde(rename = "metricType", borrow, default)]
-    metric_type: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    labels: Option<RawLabels<'a>>,
-    #[serde(borrow, default)]
-    inc: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    observations: Option<&'a RawValue>,
+#[serde(bound(
+    deserialize = "'de: 'a, V: Deserialize<'de>, N: Deserialize<'de>, O: Deserialize<'de>"
+))]
+struct Sample<'a, V, N, O> {
+    #[serde(rename = "metricName", default = "Option::default")]
+    metric_name: Option<V>,
+    #[serde(rename = "metricType", default = "Option::default")]
+    metric_type: Option<V>,
+    #[serde(default = "Option::default")]
+    labels: Option<Labels<'a, V>>,
+    #[serde(default = "Option::default")]
+    inc: Option<N>,
+    #[serde(default = "Option::default")]
+    observations: Option<O>,
+}
+
+/// A sample read in one pass, every field already of its type.
+type TypedSample<'a> = Sample<'a, Str<'a>, f64, Vec<f64>>;
+
+/// A sample whose fields are kept raw, so that each can be judged with its own reason.
+type RawSample<'a> = Sample<'a, &'a RawValue, &'a RawValue, &'a RawValue>;
+
+/// The fast path's parse: the whole body into typed samples, or `None` if any part does not
+/// have its type (the slow path then names each problem).
+fn typed_samples(body: &[u8]) -> Option<Vec<ObjectOnly<TypedSample<'_>>>> {
+    // UTF-8 is checked once for the whole body, so the parser need not check each string.
+    let text = std::str::from_utf8(body).ok()?;
+    serde_json::from_str(text).ok()
+}
+
+/// Reads one raw sample; the error says why it is not a sample.
+fn raw_sample(raw: &RawValue) -> Result<RawSample<'_>, String> {
+    let shape_error =
+        "a sample must be an object with metricName, metricType, labels and inc or observations";
+    // serde would also read a struct from an array of its fields; a sample is an object.
+    if !raw.get().trim_start().starts_with('{') {
+        return Err(shape_error.into());
+    }
+    serde_json::from_str(raw.get()).map_err(|e| format!("{shape_error}: {e}"))
+}
+
+/// A string field (metric name, type, label value).
+trait Field<'a> {
+    /// The string, or `None` if the field is not one.
+    fn string(self) -> Option<Cow<'a, str>>;
+}
+
+impl<'a> Field<'a> for Str<'a> {
+    fn string(self) -> Option<Cow<'a, str>> {
+        Some(self.0)
+    }
+}
+
+impl<'a> Field<'a> for &'a RawValue {
+    fn string(self) -> Option<Cow<'a, str>> {
+        serde_json::from_str::<Str<'a>>(self.get())
+            .ok()
+            .map(|s| s.0)
+    }
+}
+
+/// A number field (`inc`, an observation), checked to lie in `0..=max`.
+trait Number {
+    fn number(&self, max: f64) -> Result<f64, (Reason, String)>;
+}
+
+impl Number for f64 {
+    fn number(&self, max: f64) -> Result<f64, (Reason, String)> {
+        let v = *self;
+        if v.is_finite() && v >= 0.0 && v <= max {
+            Ok(v)
+        } else {
+            Err((
+                Reason::ValueOutOfRange,
+                format!("is {v}; it must be between 0 and {max}"),
+            ))
+        }
+    }
+}
+
+impl Number for &RawValue {
+    fn number(&self, max: f64) -> Result<f64, (Reason, String)> {
+        let text = self.get();
+        match serde_json::from_str::<f64>(text) {
+            Ok(v) => v.number(max),
+            // A JSON number that does not fit an f64 (1e400) is out of range, not of the wrong
+            // type.
+            Err(_) if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => Err((
+                Reason::ValueOutOfRange,
+                format!("is out of range; it must be between 0 and {max}"),
+            )),
+            Err(_) => Err((Reason::InvalidValue, "must be a number".into())),
+        }
+    }
+}
+
+/// The `observations` field: 1 to `limit` numbers, each in `0..=max`.
+trait Observations {
+    fn values(self, limit: usize, max: f64) -> Result<Vec<f64>, (Reason, String)>;
+}
+
+fn check_observations<N: Number>(
+    items: &[N],
+    limit: usize,
+    max: f64,
+) -> Result<Vec<f64>, (Reason, String)> {
+    if items.is_empty() {
+        return Err((Reason::MissingValue, "observations is empty".into()));
+    }
+    if items.len() > limit {
+        return Err((
+            Reason::TooManyObservations,
+            format!(
+                "{} observations; at most {limit} are allowed in one sample",
+                items.len()
+            ),
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.number(max)
+                .map_err(|(r, m)| (r, format!("observation {i} {m}")))
+        })
+        .collect()
+}
+
+impl Observations for Vec<f64> {
+    fn values(self, limit: usize, max: f64) -> Result<Vec<f64>, (Reason, String)> {
+        check_observations(&self, limit, max)
+    }
+}
+
+impl Observations for &RawValue {
+    fn values(self, limit: usize, max: f64) -> Result<Vec<f64>, (Reason, String)> {
+        let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(self.get()) else {
+            return Err((
+                Reason::InvalidValue,
+                "observations must be an array of numbers".into(),
+            ));
+        };
+        check_observations(&items, limit, max)
+    }
+}
+
+/// Reads a value only from a JSON object: serde's derived structs would also accept an array of
+/// their fields, and a sample is an object.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = ObjectOnly<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(ObjectOnly)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// A string borrowed from the body where it has no escapes.
@@ -623,49 +796,49 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     }
 }
 
-/// The labels of a sample: an object of names to (raw) values; `None` when `labels` is not an
+/// The labels of a sample: an object of names to values; `None` when `labels` is not an
 /// object. An empty array is taken as no labels, as the original aggregator did.
-struct RawLabels<'a>(Option<Vec<(Str<'a>, &'a RawValue)>>);
+struct Labels<'a, V>(Option<Vec<(Str<'a>, V)>>);
 
-impl<'de: 'a, 'a> Deserialize<'de> for RawLabels<'a> {
+impl<'de: 'a, 'a, T: Deserialize<'de>> Deserialize<'de> for Labels<'a, T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = RawLabels<'a>;
+        struct V<'a, T>(std::marker::PhantomData<(&'a (), T)>);
+        impl<'de: 'a, 'a, T: Deserialize<'de>> Visitor<'de> for V<'a, T> {
+            type Value = Labels<'a, T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object of labels")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut items = Vec::new();
-                while let Some(entry) = map.next_entry::<Str<'a>, &'a RawValue>()? {
+                while let Some(entry) = map.next_entry::<Str<'a>, T>()? {
                     items.push(entry);
                 }
-                Ok(RawLabels(Some(items)))
+                Ok(Labels(Some(items)))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut empty = true;
                 while seq.next_element::<de::IgnoredAny>()?.is_some() {
                     empty = false;
                 }
-                Ok(RawLabels(if empty { Some(Vec::new()) } else { None }))
+                Ok(Labels(if empty { Some(Vec::new()) } else { None }))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(RawLabels(Some(Vec::new())))
+                Ok(Labels(Some(Vec::new())))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(RawLabels(None))
+                Ok(Labels(None))
             }
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(RawLabels(None))
+                Ok(Labels(None))
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(RawLabels(None))
+                Ok(Labels(None))
             }
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(RawLabels(None))
+                Ok(Labels(None))
             }
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(RawLabels(None))
+                Ok(Labels(None))
             }
         }
         d.deserialize_any(V(std::marker::PhantomData))

@@ -216,6 +216,62 @@ mod properties {
         })
     }
 
+    /// Samples near the valid ones: known and unknown metrics, labels and values, and the odd
+    /// wrong type, so both paths see accepted and rejected samples alike.
+    fn arb_sample() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::json;
+        let name = prop::sample::select(vec![
+            json!("demo_feature_usage_total"),
+            json!("demo_third_party_api_seconds"),
+            json!("browser_lcp_seconds"),
+            json!("nope_total"),
+            json!(7),
+        ]);
+        let kind = prop::sample::select(vec![
+            json!("counter"),
+            json!("histogram"),
+            json!(null),
+            json!(1),
+        ]);
+        let labels = prop::sample::select(vec![
+            json!({"feature": "search"}),
+            json!({"api": "maps"}),
+            json!({"feature": "delete"}),
+            json!({"other": "x"}),
+            json!({}),
+            json!([]),
+            json!("x"),
+            json!({"feature": 3}),
+        ]);
+        let value = prop::sample::select(vec![
+            json!(1),
+            json!(0.25),
+            json!(-1),
+            json!(1e12),
+            json!("5"),
+            json!(null),
+        ]);
+        let obs = prop::collection::vec(value.clone(), 0..4);
+        (name, kind, labels, value, obs, any::<u8>()).prop_map(|(n, k, l, v, o, drop)| {
+            let mut m = serde_json::Map::new();
+            for (i, (key, val)) in [
+                ("metricName", n),
+                ("metricType", k),
+                ("labels", l),
+                ("inc", v),
+                ("observations", serde_json::Value::Array(o)),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if drop & (1 << i) == 0 {
+                    m.insert(key.into(), val);
+                }
+            }
+            serde_json::Value::Object(m)
+        })
+    }
+
     fn sum(batches: &[Aggregate]) -> Aggregate {
         let mut total = Aggregate::new();
         for b in batches {
@@ -267,6 +323,18 @@ mod properties {
             prop_assert_eq!(&grouped, &one_by_one);
             // And through the snapshot encoding.
             prop_assert_eq!(Aggregate::from_json(&grouped.to_json()).expect("decodes"), one_by_one);
+        }
+
+        #[test]
+        fn fast_and_slow_paths_agree(samples in prop::collection::vec(arb_sample(), 0..8), ct in 0..2usize) {
+            let body = serde_json::Value::Array(samples).to_string();
+            let ct = ["application/json", "text/plain"][ct];
+            let ctx = RequestContext { country: Some("DE".into()) };
+            let fast = ingest().push_inner(&ctx, Some(ct), body.as_bytes(), true);
+            let slow = ingest().push_inner(&ctx, Some(ct), body.as_bytes(), false);
+            prop_assert_eq!(fast.status, slow.status);
+            prop_assert_eq!(&fast.body, &slow.body);
+            prop_assert_eq!(fast.delta, slow.delta);
         }
 
         #[test]
@@ -369,4 +437,16 @@ fn edge_labels_are_filled_from_the_request_and_bounded() {
     let spoof = br#"[{"metricName":"views_total","metricType":"counter","labels":{"country":"FR"},"inc":1}]"#;
     let out = ingest.push_with(&de, Some("text/plain"), spoof);
     assert_eq!(out.rejected[0].reason, Reason::UnknownLabel, "{}", out.body);
+}
+
+#[test]
+fn the_fast_path_reads_well_typed_pushes_and_only_objects() {
+    let beacon = include_bytes!("../../../fixtures/beacon.json");
+    let typed = serde_json::from_slice::<Vec<ObjectOnly<TypedSample<'_>>>>(beacon).expect("typed");
+    assert_eq!(typed.len(), 11);
+    // Without the escape hatch of the slow path, arrays must not pass for samples.
+    let as_array = br#"[["demo_feature_usage_total","counter",{},1]]"#;
+    assert!(serde_json::from_slice::<Vec<ObjectOnly<TypedSample<'_>>>>(as_array).is_err());
+    let out = ingest().push(Some("application/json"), as_array);
+    assert_eq!(out.rejected[0].reason, Reason::InvalidSample);
 }
