@@ -196,7 +196,7 @@ fn load(dir: &Path, below: Option<u64>) -> Result<(Aggregate, u64, Recovery), Op
 
 /// A record: `[len u32 LE][crc32 u32 LE][delta]`.
 fn frame(delta: &Aggregate) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(512);
+    let mut frame = Vec::with_capacity(2048);
     frame.extend_from_slice(&[0; 8]);
     encode_delta(delta, &mut frame);
     let len = (frame.len() - 8) as u32;
@@ -531,7 +531,7 @@ pub fn encode_delta(delta: &Aggregate, out: &mut Vec<u8>) {
         out.extend_from_slice(&s.as_bytes()[..len]);
     }
     out.push(RECORD_VERSION);
-    for (key, value) in delta.iter() {
+    for (key, value) in delta.iter_unordered() {
         string(out, &key.metric);
         out.push(key.labels.len().min(u8::MAX as usize) as u8);
         for (k, v) in key.labels.iter().take(u8::MAX as usize) {
@@ -580,9 +580,9 @@ pub fn decode_delta(bytes: &[u8]) -> Option<Aggregate> {
         fn u128(&mut self) -> Option<u128> {
             self.take(16)?.try_into().ok().map(u128::from_le_bytes)
         }
-        fn string(&mut self) -> Option<String> {
+        fn string(&mut self) -> Option<std::sync::Arc<str>> {
             let n = self.u16()? as usize;
-            std::str::from_utf8(self.take(n)?).ok().map(str::to_owned)
+            std::str::from_utf8(self.take(n)?).ok().map(Into::into)
         }
     }
     let mut r = Reader(bytes);

@@ -81,7 +81,7 @@ pub fn families(
     for (key, value) in totals.iter() {
         if current
             .as_ref()
-            .is_none_or(|(spec, _)| spec.name != key.metric)
+            .is_none_or(|(spec, _)| *spec.name != *key.metric)
         {
             if let Some((spec, metrics)) = current.take() {
                 out.push(family(spec, metrics));
@@ -124,8 +124,8 @@ fn metric(spec: &MetricSpec, key: &SeriesKey, value: &SeriesValue) -> Option<pro
             .iter()
             .map(|(k, v)| {
                 let mut p = proto::LabelPair::default();
-                p.set_name(k.clone());
-                p.set_value(v.clone());
+                p.set_name(k.to_string());
+                p.set_value(v.to_string());
                 p
             })
             .collect(),

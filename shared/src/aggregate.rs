@@ -6,8 +6,9 @@
 //! the order in which shards and batches were merged. With integers, merging is commutative and
 //! associative, which is what lets every backend shard freely and still agree to the last unit.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,20 +35,23 @@ pub fn micros_to_f64(micros: u128) -> f64 {
 }
 
 /// Identifies one series: a metric name and its label pairs, sorted by label name.
+///
+/// The strings are shared (`Arc<str>`): the ingest takes them from the compiled allowlist, so
+/// building a push's keys copies no string.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeriesKey {
     /// The metric name.
-    pub metric: String,
+    pub metric: Arc<str>,
     /// Label pairs sorted by name; labels a push did not set are absent.
-    pub labels: Vec<(String, String)>,
+    pub labels: Vec<(Arc<str>, Arc<str>)>,
 }
 
 impl SeriesKey {
     /// A key with the given labels (sorted here, so callers may pass any order).
-    pub fn new(metric: impl Into<String>, labels: &[(&str, &str)]) -> Self {
-        let mut labels: Vec<(String, String)> = labels
+    pub fn new(metric: impl Into<Arc<str>>, labels: &[(&str, &str)]) -> Self {
+        let mut labels: Vec<(Arc<str>, Arc<str>)> = labels
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .map(|(k, v)| (Arc::from(*k), Arc::from(*v)))
             .collect();
         labels.sort();
         SeriesKey {
@@ -141,7 +145,9 @@ impl SeriesValue {
 /// A set of series with their values: a push's delta, or a store's cumulative totals.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Aggregate {
-    series: BTreeMap<SeriesKey, SeriesValue>,
+    // A hash map: a push looks up each of its series in the totals, where hashing a key beats
+    // the string comparisons of a tree search; the few callers that need key order sort.
+    series: HashMap<SeriesKey, SeriesValue>,
 }
 
 impl Aggregate {
@@ -160,8 +166,15 @@ impl Aggregate {
         self.series.is_empty()
     }
 
-    /// The series in key order.
+    /// The series in key order (series of one metric are contiguous).
     pub fn iter(&self) -> impl Iterator<Item = (&SeriesKey, &SeriesValue)> {
+        let mut all: Vec<_> = self.series.iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all.into_iter()
+    }
+
+    /// The series in no particular order (cheaper than [`Aggregate::iter`]).
+    pub fn iter_unordered(&self) -> impl Iterator<Item = (&SeriesKey, &SeriesValue)> {
         self.series.iter()
     }
 
@@ -316,13 +329,16 @@ pub struct SnapshotSeries {
 impl From<&Aggregate> for Snapshot {
     fn from(agg: &Aggregate) -> Self {
         let series = agg
-            .series
             .iter()
             .map(|(key, value)| {
-                let labels = key.labels.iter().cloned().collect();
+                let labels = key
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
                 match value {
                     SeriesValue::Counter { micros } => SnapshotSeries {
-                        metric: key.metric.clone(),
+                        metric: key.metric.to_string(),
                         labels,
                         counter: Some(micros.to_string()),
                         buckets: None,
@@ -332,7 +348,7 @@ impl From<&Aggregate> for Snapshot {
                         buckets,
                         sum_micros,
                     } => SnapshotSeries {
-                        metric: key.metric.clone(),
+                        metric: key.metric.to_string(),
                         labels,
                         counter: None,
                         buckets: Some(buckets.clone()),
@@ -374,8 +390,12 @@ impl TryFrom<Snapshot> for Aggregate {
                 }
             };
             let key = SeriesKey {
-                metric: s.metric,
-                labels: s.labels.into_iter().collect(),
+                metric: s.metric.into(),
+                labels: s
+                    .labels
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
             };
             agg.add_value(key, value);
         }
@@ -406,7 +426,7 @@ mod tests {
     #[test]
     fn counters_and_histograms_add() {
         let k = SeriesKey::new("c", &[("b", "2"), ("a", "1")]);
-        assert_eq!(k.labels[0].0, "a");
+        assert_eq!(&*k.labels[0].0, "a");
         let mut a = Aggregate::new();
         a.add_counter(k.clone(), 3);
         a.add_counter(k.clone(), 4);

@@ -16,6 +16,7 @@
 //! adapters pass each source's name and text.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -123,18 +124,29 @@ pub struct LabelSpec {
     /// Extension `"otherValue"`: the value recorded instead of a value not in `allowedValues`
     /// (instead of rejecting the sample). Required with `source`.
     pub other_value: Option<String>,
-    allowed: HashSet<String>,
+    /// The name and allowed values (with `otherValue`), shared by every series key.
+    interned_name: Arc<str>,
+    allowed: HashSet<Arc<str>>,
+    interned_other: Option<Arc<str>>,
 }
 
 impl LabelSpec {
     fn new(name: &str, values: Vec<String>) -> Self {
         LabelSpec {
             name: name.to_owned(),
-            allowed: values.iter().cloned().collect(),
+            interned_name: Arc::from(name),
+            allowed: values.iter().map(|v| Arc::from(v.as_str())).collect(),
             allowed_values: values,
             source: None,
             other_value: None,
+            interned_other: None,
         }
+    }
+
+    fn with_other_value(mut self, other: Option<String>) -> Self {
+        self.interned_other = other.as_deref().map(Arc::from);
+        self.other_value = other;
+        self
     }
 
     /// Whether `value` is allowed.
@@ -142,13 +154,19 @@ impl LabelSpec {
         self.allowed.contains(value)
     }
 
-    /// The value to record for `value`: itself if allowed, else `otherValue` if set.
-    pub fn resolve<'a>(&'a self, value: &'a str) -> Option<&'a str> {
-        if self.allows(value) {
-            Some(value)
-        } else {
-            self.other_value.as_deref()
-        }
+    /// The shared label name, for series keys.
+    pub fn interned_name(&self) -> &Arc<str> {
+        &self.interned_name
+    }
+
+    /// The shared `otherValue`, if set.
+    pub fn interned_other(&self) -> Option<&Arc<str>> {
+        self.interned_other.as_ref()
+    }
+
+    /// The shared string to record for `value`: itself if allowed, else `otherValue` if set.
+    pub fn resolve(&self, value: &str) -> Option<&Arc<str>> {
+        self.allowed.get(value).or(self.interned_other.as_ref())
     }
 }
 
@@ -167,9 +185,16 @@ pub struct MetricSpec {
     pub max_value: Option<f64>,
     /// Where it was defined.
     pub origin: Origin,
+    /// The name, shared by every series key.
+    interned_name: Arc<str>,
 }
 
 impl MetricSpec {
+    /// The shared metric name, for series keys.
+    pub fn interned_name(&self) -> &Arc<str> {
+        &self.interned_name
+    }
+
     /// The allowed label of that name.
     pub fn label(&self, name: &str) -> Option<&LabelSpec> {
         self.labels.iter().find(|l| l.name == name)
@@ -251,6 +276,7 @@ impl Allowlist {
     fn add_internal(&mut self) {
         use crate::ingest::Reason;
         let counter = |name: &str, help: &str, labels: Vec<LabelSpec>| MetricSpec {
+            interned_name: Arc::from(name),
             name: name.to_owned(),
             help: help.to_owned(),
             kind: MetricKind::Counter,
@@ -438,6 +464,7 @@ fn parse_metric(raw: &Value, index: usize, origin: Origin) -> Result<MetricSpec,
         },
     };
     Ok(MetricSpec {
+        interned_name: Arc::from(name.as_str()),
         name,
         help,
         kind,
@@ -511,12 +538,12 @@ fn parse_label(raw: &Value, kind: &MetricKind) -> Result<LabelSpec, (String, Str
             _ => return Err((format!(".allowedValues[{k}]"), "must be a string".into())),
         }
     }
-    let mut label = LabelSpec::new(name, out);
-    label.other_value = match obj.get("otherValue") {
+    let other = match obj.get("otherValue") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(_) => return Err((".otherValue".into(), "must be a non-empty string".into())),
     };
+    let mut label = LabelSpec::new(name, out).with_other_value(other);
     label.source = match obj.get("source") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s == "country" => Some(LabelSource::Country),

@@ -17,6 +17,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -141,6 +142,65 @@ pub struct RequestContext {
 pub struct Ingest {
     allowlist: Allowlist,
     limits: Limits,
+    keys: OwnKeys,
+}
+
+/// The series keys of pum's own counters, built once (cloning one shares its strings).
+#[derive(Clone, Debug)]
+struct OwnKeys {
+    /// `pum_pushes_total` by result: accepted, partial, rejected.
+    pushes: [SeriesKey; 3],
+    samples_accepted: SeriesKey,
+    record_total: SeriesKey,
+    /// By reason, in [`Reason::ALL`] order.
+    pushes_rejected: Vec<SeriesKey>,
+    samples_rejected: Vec<SeriesKey>,
+}
+
+impl OwnKeys {
+    fn new() -> Self {
+        let by_reason = |metric: &str| {
+            Reason::ALL
+                .iter()
+                .map(|r| SeriesKey::new(metric, &[("reason", r.as_str())]))
+                .collect()
+        };
+        OwnKeys {
+            pushes: ["accepted", "partial", "rejected"]
+                .map(|r| SeriesKey::new(internal::PUSHES, &[("result", r)])),
+            samples_accepted: SeriesKey::new(internal::SAMPLES_ACCEPTED, &[]),
+            record_total: SeriesKey::new(internal::RECORD_TOTAL, &[]),
+            pushes_rejected: by_reason(internal::PUSHES_REJECTED),
+            samples_rejected: by_reason(internal::SAMPLES_REJECTED),
+        }
+    }
+
+    /// Adds pum's own counters about one push to `delta`.
+    fn count(
+        &self,
+        delta: &mut Aggregate,
+        accepted: usize,
+        rejected: &[Rejection],
+        refused: Option<Reason>,
+    ) {
+        const ONE: u128 = 1_000_000;
+        let result = match (refused, rejected.is_empty()) {
+            (Some(_), _) => 2,
+            (None, true) => 0,
+            (None, false) => 1,
+        };
+        delta.add_counter(self.pushes[result].clone(), ONE);
+        if let Some(reason) = refused {
+            delta.add_counter(self.pushes_rejected[reason as usize].clone(), ONE);
+        }
+        if accepted > 0 {
+            delta.add_counter(self.samples_accepted.clone(), accepted as u128 * ONE);
+            delta.add_counter(self.record_total.clone(), ONE);
+        }
+        for r in rejected {
+            delta.add_counter(self.samples_rejected[r.reason as usize].clone(), ONE);
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -160,7 +220,11 @@ struct Refusal<'a> {
 impl Ingest {
     /// An ingest core over a compiled allowlist.
     pub fn new(allowlist: Allowlist, limits: Limits) -> Self {
-        Ingest { allowlist, limits }
+        Ingest {
+            allowlist,
+            limits,
+            keys: OwnKeys::new(),
+        }
     }
 
     /// The allowlist.
@@ -262,7 +326,8 @@ impl Ingest {
             })
             .unwrap_or_default();
             let mut delta = Aggregate::new();
-            count_push(&mut delta, 0, &rejected, Some(Reason::NoValidSamples));
+            self.keys
+                .count(&mut delta, 0, &rejected, Some(Reason::NoValidSamples));
             return PushOutcome {
                 status: Reason::NoValidSamples.status(),
                 body,
@@ -272,7 +337,7 @@ impl Ingest {
                 refused: Some(Reason::NoValidSamples),
             };
         }
-        count_push(&mut delta, accepted, &rejected, None);
+        self.keys.count(&mut delta, accepted, &rejected, None);
         let body = serde_json::to_string(&Answer {
             accepted,
             rejected: &rejected,
@@ -298,7 +363,7 @@ impl Ingest {
         })
         .unwrap_or_default();
         let mut delta = Aggregate::new();
-        count_push(&mut delta, 0, &[], Some(reason));
+        self.keys.count(&mut delta, 0, &[], Some(reason));
         PushOutcome {
             status: reason.status(),
             body,
@@ -470,7 +535,7 @@ impl Ingest {
         spec: &MetricSpec,
         labels: Option<Labels<'a, V>>,
     ) -> Result<SeriesKey, (Reason, String)> {
-        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut pairs: Vec<(Arc<str>, Arc<str>)> = Vec::new();
         match labels {
             None | Some(Labels(Some(_))) => {}
             Some(Labels(None)) => {
@@ -512,11 +577,7 @@ impl Ingest {
                         ),
                     ));
                 }
-                let value = if label.allows(&value) {
-                    value.into_owned()
-                } else if let Some(other) = &label.other_value {
-                    other.clone()
-                } else {
+                let Some(value) = label.resolve(&value) else {
                     return Err((
                         Reason::LabelValueNotAllowed,
                         format!(
@@ -525,7 +586,7 @@ impl Ingest {
                         ),
                     ));
                 };
-                pairs.push((name.into_owned(), value));
+                pairs.push((Arc::clone(label.interned_name()), Arc::clone(value)));
             }
         }
         for label in spec.labels.iter().filter(|l| l.source.is_some()) {
@@ -533,55 +594,22 @@ impl Ingest {
                 Some(crate::config::LabelSource::Country) => ctx.country.as_deref(),
                 None => None,
             };
-            let value = given
+            // `otherValue` is required with `source`, so a value always resolves.
+            if let Some(value) = given
                 .and_then(|v| label.resolve(v))
-                .or(label.other_value.as_deref())
-                .unwrap_or_default();
-            pairs.push((label.name.clone(), value.to_owned()));
+                .or(label.interned_other())
+            {
+                pairs.push((Arc::clone(label.interned_name()), Arc::clone(value)));
+            }
         }
         pairs.sort_unstable();
         if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
             return Err((Reason::InvalidLabels, "a label is given twice".into()));
         }
         Ok(SeriesKey {
-            metric: spec.name.clone(),
+            metric: Arc::clone(spec.interned_name()),
             labels: pairs,
         })
-    }
-}
-
-/// Adds pum's own counters about one push to `delta`.
-fn count_push(
-    delta: &mut Aggregate,
-    accepted: usize,
-    rejected: &[Rejection],
-    refused: Option<Reason>,
-) {
-    const ONE: u128 = 1_000_000;
-    let result = match (refused, rejected.is_empty()) {
-        (Some(_), _) => "rejected",
-        (None, true) => "accepted",
-        (None, false) => "partial",
-    };
-    delta.add_counter(SeriesKey::new(internal::PUSHES, &[("result", result)]), ONE);
-    if let Some(reason) = refused {
-        delta.add_counter(
-            SeriesKey::new(internal::PUSHES_REJECTED, &[("reason", reason.as_str())]),
-            ONE,
-        );
-    }
-    if accepted > 0 {
-        delta.add_counter(
-            SeriesKey::new(internal::SAMPLES_ACCEPTED, &[]),
-            accepted as u128 * ONE,
-        );
-        delta.add_counter(SeriesKey::new(internal::RECORD_TOTAL, &[]), ONE);
-    }
-    for r in rejected {
-        delta.add_counter(
-            SeriesKey::new(internal::SAMPLES_REJECTED, &[("reason", r.reason.as_str())]),
-            ONE,
-        );
     }
 }
 
@@ -706,6 +734,7 @@ trait Observations {
     fn values(self, limit: usize, max: f64) -> Result<Vec<f64>, (Reason, String)>;
 }
 
+/// Checks the count of observations, then each observation; returns them as numbers.
 fn check_observations<N: Number>(
     items: &[N],
     limit: usize,
@@ -735,7 +764,11 @@ fn check_observations<N: Number>(
 
 impl Observations for Vec<f64> {
     fn values(self, limit: usize, max: f64) -> Result<Vec<f64>, (Reason, String)> {
-        check_observations(&self, limit, max)
+        // The same checks as for raw observations, keeping the vector the parser made.
+        if self.is_empty() || self.len() > limit || self.iter().any(|v| v.number(max).is_err()) {
+            return check_observations(&self, limit, max);
+        }
+        Ok(self)
     }
 }
 
