@@ -7,6 +7,11 @@ use pum_collector::cli::{Cli, Command, ServeArgs, SourceKind};
 use pum_collector::standalone::{self, Settings};
 use pum_shared::http::Cors;
 
+/// mimalloc: each push allocates and frees many small objects, and glibc's allocator spent a
+/// sixth of the server's time on them (measured with the load benchmark, benches/load.sh).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -82,12 +87,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         match args.source {
             SourceKind::Cloudflare => {
-                let _ = (settings, listener);
-                anyhow::bail!("--source cloudflare is not available in this build")
+                let source = pum_collector::sources::cloudflare::CloudflareSource::new(
+                    args.url.as_deref().unwrap_or_default(),
+                    args.token.as_deref().unwrap_or_default(),
+                )?;
+                source.check().await?;
+                pum_collector::serve::run(source, settings, listener, shutdown_signal()).await
             }
+            #[cfg(feature = "dynamodb")]
+            SourceKind::Dynamodb => {
+                let table = args.table.as_deref().unwrap_or_default();
+                let source = pum_collector::sources::dynamodb::DynamoDbSource::connect(
+                    table,
+                    args.region.as_deref(),
+                    args.endpoint_url.as_deref(),
+                )
+                .await?;
+                pum_collector::serve::run(source, settings, listener, shutdown_signal()).await
+            }
+            #[cfg(not(feature = "dynamodb"))]
             SourceKind::Dynamodb => {
                 let _ = (settings, listener);
-                anyhow::bail!("--source dynamodb is not available in this build")
+                anyhow::bail!("--source dynamodb needs the collector's `dynamodb` feature")
             }
         }
     })

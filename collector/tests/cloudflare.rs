@@ -1,0 +1,751 @@
+//! End-to-end tests of the Cloudflare Worker (edge/worker) under real local workerd: each test
+//! starts `wrangler dev` on its own ports with its state in a temporary `--persist-to`, pushes to
+//! it, and reads the totals back through `pum-collector serve --source cloudflare`.
+//!
+//! They need Node, the root package.json's tools and a built Worker, so `cargo test` alone skips
+//! them (`#[ignore]`); `edge/worker/test.sh` installs and builds what they need and runs them with
+//! `--ignored`. scripts/test.sh runs that script, so CI always runs them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Scrape, Server};
+use pum_shared::corpus::bad_pushes;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-export-token";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_owned()
+}
+
+/// Whether `GET /healthz` answers 200 (a bare HTTP/1.0 request: no client to set up).
+fn healthy(base: &str) -> bool {
+    let addr = base.trim_start_matches("http://");
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut status = [0u8; 12];
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_exact(&mut status).is_ok()
+        && &status[9..12] == b"200"
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running `wrangler dev`, stopped with its whole process group (wrangler's node and workerd).
+struct Worker {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(persist: &Path, vars: &[(&str, &str)]) -> Worker {
+        let root = root();
+        let port = free_port();
+        let log = persist.with_extension(format!("wrangler-{port}.log"));
+        let out = File::create(&log).expect("log file");
+        let mut cmd = Command::new(root.join("node_modules/.bin/wrangler"));
+        cmd.current_dir(&root)
+            .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--inspector-port", &free_port().to_string()])
+            .arg("--persist-to")
+            .arg(persist)
+            .args([
+                "--show-interactive-dev-session=false",
+                "--log-level",
+                "warn",
+            ])
+            .args(["--var", &format!("EXPORT_TOKEN:{TOKEN}")])
+            // Fold every second (the fastest), so that totals arrive quickly.
+            .args(["--var", "FOLD_SECONDS:1"]);
+        for (k, v) in vars {
+            cmd.args(["--var", &format!("{k}:{v}")]);
+        }
+        let path = format!(
+            "{}:{}",
+            root.join("node_modules/.bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = cmd
+            .env("PATH", path)
+            .env("PUM_WORKER_PREBUILT", "1")
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+            .env("CI", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .expect("wrangler starts (npm ci in the repository root)");
+        // edge/worker/test.sh stops these process groups should the test run itself be killed.
+        if let Ok(file) = std::env::var("PUM_WRANGLER_PIDS") {
+            use std::io::Write as _;
+            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(file) {
+                let _ = writeln!(f, "{}", child.id());
+            }
+        }
+        let worker = Worker {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        worker.wait_ready();
+        worker
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let ok = healthy(&self.url);
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wrangler dev did not come up:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn record_url(&self) -> String {
+        format!("{}/record", self.url)
+    }
+
+    /// Kills wrangler and workerd with SIGKILL: nothing gets to flush anything.
+    fn kill(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `pum-collector serve --source cloudflare` against a Worker.
+struct Collector {
+    child: Child,
+    metrics: String,
+}
+
+impl Collector {
+    fn start(worker: &Worker) -> Collector {
+        Collector::start_with(worker, &[])
+    }
+
+    /// With extra flags (e.g. the allowlist the Worker was given).
+    fn start_with(worker: &Worker, extra: &[&str]) -> Collector {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pum-collector"))
+            .args(["serve", "--source", "cloudflare", "--url", &worker.url])
+            .args(extra)
+            .args(["--token", TOKEN, "--refresh", "200ms"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .env("PUM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("pum-collector starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let metrics = loop {
+            let line = lines
+                .next()
+                .expect("the collector printed its address")
+                .expect("line");
+            if let Some(rest) = line.strip_prefix("pum: metrics listening on ") {
+                break rest.to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Collector { child, metrics }
+    }
+
+    async fn scrape(&self, client: &reqwest::Client) -> Scrape {
+        let resp = client.get(&self.metrics).send().await.expect("scrape");
+        assert_eq!(resp.status(), 200);
+        Scrape::parse(&resp.text().await.expect("text"))
+    }
+
+    /// Scrapes until `done` holds (the shards fold and write KV about once a second), then
+    /// returns that scrape; panics with the last scrape after a minute.
+    async fn scrape_until(
+        &self,
+        client: &reqwest::Client,
+        done: impl Fn(&Scrape) -> bool,
+    ) -> Scrape {
+        self.scrape_until_expected(client, &BTreeMap::new(), done)
+            .await
+    }
+
+    /// As [`Collector::scrape_until`], also waiting for `expected`, and naming the series that
+    /// differ if they never arrive.
+    async fn scrape_until_expected(
+        &self,
+        client: &reqwest::Client,
+        expected: &BTreeMap<String, f64>,
+        done: impl Fn(&Scrape) -> bool,
+    ) -> Scrape {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let scrape = self.scrape(client).await;
+            if done(&scrape) && matches(&scrape, expected) {
+                return scrape;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the totals did not arrive; differing (series, got, want): {:?}\n{}",
+                mismatches(&scrape, expected),
+                scrape.text
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(32)
+        .build()
+        .expect("client")
+}
+
+fn counter(feature: &str, inc: f64) -> Value {
+    json!({"metricName": "demo_feature_usage_total", "metricType": "counter", "labels": {"feature": feature}, "inc": inc})
+}
+
+fn histogram(api: &str, observations: &[f64]) -> Value {
+    json!({"metricName": "demo_third_party_api_seconds", "metricType": "histogram", "labels": {"api": api}, "observations": observations})
+}
+
+fn batch(i: usize) -> Value {
+    let features = ["search", "share", "export"];
+    let apis = ["maps", "payments"];
+    json!([
+        counter(features[i % 3], 1.0),
+        counter(features[(i + 1) % 3], (i % 4) as f64 + 0.25),
+        histogram(apis[i % 2], &[0.01 * (i % 50) as f64, 0.3, (i % 9) as f64]),
+    ])
+}
+
+/// What the pushes of `batches` must total: series -> value as rendered.
+fn expected_totals(batches: &[Value]) -> BTreeMap<String, f64> {
+    let bounds = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for batch in batches {
+        for s in batch.as_array().expect("array") {
+            let labels = s["labels"].as_object().expect("labels");
+            if s["metricType"] == "counter" {
+                let key = format!(
+                    "demo_feature_usage_total{{feature=\"{}\"}}",
+                    labels["feature"].as_str().expect("str")
+                );
+                *out.entry(key).or_default() += s["inc"].as_f64().expect("inc");
+            } else {
+                let api = labels["api"].as_str().expect("str");
+                for o in s["observations"].as_array().expect("obs") {
+                    let o = o.as_f64().expect("num");
+                    for b in bounds {
+                        if o <= b {
+                            *out.entry(format!(
+                                "demo_third_party_api_seconds_bucket{{api=\"{api}\",le=\"{b}\"}}"
+                            ))
+                            .or_default() += 1.0;
+                        }
+                    }
+                    for series in [
+                        format!("demo_third_party_api_seconds_bucket{{api=\"{api}\",le=\"+Inf\"}}"),
+                        format!("demo_third_party_api_seconds_count{{api=\"{api}\"}}"),
+                    ] {
+                        *out.entry(series).or_default() += 1.0;
+                    }
+                    *out.entry(format!("demo_third_party_api_seconds_sum{{api=\"{api}\"}}"))
+                        .or_default() += o;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The series of `expected` whose scraped value differs: `(series, got, want)`.
+fn mismatches(scrape: &Scrape, expected: &BTreeMap<String, f64>) -> Vec<(String, f64, f64)> {
+    expected
+        .iter()
+        .map(|(series, want)| (series.clone(), scrape.get(series), *want))
+        .filter(|(_, got, want)| (got - want).abs() >= 1e-6 * want.max(1.0))
+        .collect()
+}
+
+fn matches(scrape: &Scrape, expected: &BTreeMap<String, f64>) -> bool {
+    mismatches(scrape, expected).is_empty()
+}
+
+async fn push(client: &reqwest::Client, url: &str, body: &Value, ct: &str) -> (u16, Value) {
+    let resp = client
+        .post(url)
+        .header("content-type", ct)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("push");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("answers are JSON"))
+}
+
+/// Pushes `batches` over `connections` concurrent clients; every one must be acknowledged.
+async fn push_concurrently(url: &str, batches: &[Value], connections: usize) {
+    let batches = Arc::new(batches.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (batches, next, url) = (Arc::clone(&batches), Arc::clone(&next), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(b) = batches.get(i) else { break };
+                let (status, body) = push(&c, &url, b, "text/plain;charset=UTF-8").await;
+                assert_eq!(status, 200, "push {i}: {body}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("pusher");
+    }
+}
+
+async fn stats(client: &reqwest::Client, worker: &Worker) -> Value {
+    client
+        .get(format!("{}/export/shards", worker.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs wrangler and a built Worker: run edge/worker/test.sh"]
+async fn seed_pushes_appear_exactly_on_metrics_at_one_row_per_push() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = Worker::start(&dir.path().join("state"), &[]);
+    let c = client();
+    let batches: Vec<Value> = (0..30).map(batch).collect();
+    for (i, b) in batches.iter().enumerate() {
+        // Beacons arrive as text/plain, fetch() pushes as application/json: both are accepted.
+        let ct = if i % 2 == 0 {
+            "text/plain;charset=UTF-8"
+        } else {
+            "application/json"
+        };
+        let (status, body) = push(&c, &worker.record_url(), b, ct).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!({"accepted": 3, "rejected": []}));
+    }
+    let collector = Collector::start(&worker);
+    let expected = expected_totals(&batches);
+    let scrape = collector
+        .scrape_until_expected(&c, &expected, |s| {
+            s.get("metrics_aggregator_record_total") >= 30.0
+        })
+        .await;
+    assert_eq!(scrape.get("metrics_aggregator_record_total"), 30.0);
+    assert_eq!(scrape.get("pum_pushes_total{result=\"accepted\"}"), 30.0);
+    assert_eq!(scrape.get("pum_samples_accepted_total"), 90.0);
+    assert!(
+        scrape
+            .text
+            .contains("# TYPE demo_third_party_api_seconds histogram")
+    );
+
+    // What the pushes cost: one row written per push, whichever shard took it.
+    let stats = stats(&c, &worker).await;
+    let shards = stats["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 4, "the default SHARDS: {stats}");
+    let mut pushes = 0;
+    for s in shards {
+        let st = &s["stats"];
+        assert_eq!(st["rows_written_by_pushes"], st["pushes"], "{stats}");
+        // A fold writes the totals (one row here) and recreates `pending` (2 rows), however many
+        // pushes it folds.
+        assert_eq!(
+            st["rows_written_by_folds"].as_u64(),
+            st["folds"].as_u64().map(|f| 3 * f),
+            "{stats}"
+        );
+        assert!(st["kv_writes"].as_u64() <= st["folds"].as_u64(), "{stats}");
+        pushes += st["pushes"].as_u64().expect("pushes");
+    }
+    assert!(pushes <= 30, "{stats}");
+    println!("shard counters after 30 pushes: {stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs wrangler and a built Worker: run edge/worker/test.sh"]
+async fn concurrent_pushes_are_all_counted_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut worker = Worker::start(&state, &[]);
+    let c = client();
+    // 400 pushes over 20 connections.
+    let batches: Vec<Value> = (0..400).map(batch).collect();
+    push_concurrently(&worker.record_url(), &batches, 20).await;
+    let mut expected = expected_totals(&batches);
+    {
+        let collector = Collector::start(&worker);
+        let scrape = collector
+            .scrape_until_expected(&c, &expected, |s| {
+                s.get("pum_pushes_total{result=\"accepted\"}") >= 400.0
+            })
+            .await;
+        assert_eq!(scrape.get("pum_pushes_total{result=\"accepted\"}"), 400.0);
+    }
+
+    // More pushes, acknowledged, then wrangler and workerd are killed (SIGKILL: nothing gets to
+    // flush): first at once, so that these pushes exist only as pending rows; then a little over
+    // a second later, while the shards are folding and writing KV.
+    let mut pushed = 400;
+    for wait_ms in [0, 1100] {
+        let late: Vec<Value> = (pushed..pushed + 25).map(batch).collect();
+        push_concurrently(&worker.record_url(), &late, 10).await;
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        worker.kill();
+        pushed += late.len();
+        for (k, v) in expected_totals(&late) {
+            *expected.entry(k).or_default() += v;
+        }
+        worker = Worker::start(&state, &[]);
+        // A fresh collector: the totals come from the restarted store, not a collector's memory.
+        let collector = Collector::start(&worker);
+        let want = pushed as f64;
+        let scrape = collector
+            .scrape_until_expected(&c, &expected, |s| {
+                s.get("pum_pushes_total{result=\"accepted\"}") >= want
+            })
+            .await;
+        assert_eq!(scrape.get("pum_pushes_total{result=\"accepted\"}"), want);
+        assert_eq!(scrape.get("metrics_aggregator_record_total"), want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs wrangler and a built Worker: run edge/worker/test.sh"]
+async fn bad_pushes_get_the_same_answers_as_standalone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let standalone = Server::start(&dir.path().join("standalone"), &[]);
+    let worker = Worker::start(&dir.path().join("state"), &[]);
+    let c = client();
+    let cases = bad_pushes();
+    for case in &cases {
+        let mut answers = Vec::new();
+        for url in [standalone.record_url(), worker.record_url()] {
+            let mut req = c.post(&url).body(case.body.clone());
+            if let Some(ct) = &case.content_type {
+                req = req.header("content-type", ct);
+            }
+            let resp = req.send().await.expect("send");
+            let status = resp.status().as_u16();
+            let cors = resp
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            let body: Value = resp
+                .json()
+                .await
+                .unwrap_or_else(|e| panic!("{}: the answer is not JSON: {e}", case.name));
+            answers.push((status, body, cors));
+        }
+        let (standalone_answer, worker_answer) = (&answers[0], &answers[1]);
+        assert_eq!(worker_answer, standalone_answer, "{}", case.name);
+        assert_eq!(worker_answer.0, case.status, "{}", case.name);
+        assert_eq!(
+            worker_answer.1.get("error").and_then(Value::as_str),
+            case.error.as_deref(),
+            "{}",
+            case.name
+        );
+    }
+    // Every refusal and rejection is counted, as standalone counts them.
+    let collector = Collector::start(&worker);
+    let reference = standalone.scrape(&c).await;
+    let counted = |s: &Scrape| -> BTreeMap<String, f64> {
+        s.samples
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("pum_samples_rejected_total")
+                    || k.starts_with("pum_pushes_rejected_total")
+                    || k.starts_with("pum_pushes_total")
+                    || k.starts_with("pum_samples_accepted_total")
+                    || k.starts_with("demo_")
+            })
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    };
+    let want = counted(&reference);
+    assert!(want.len() > 10, "{}", reference.text);
+    let got = collector.scrape_until(&c, |s| counted(s) == want).await;
+    assert_eq!(counted(&got), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs wrangler and a built Worker: run edge/worker/test.sh"]
+async fn export_token_cors_country_and_assets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let allowlist = r#"{"allowedMetrics":[{"name":"checkout_total","help":"Checkouts.","type":"counter","labels":[{"name":"country","source":"country","allowedValues":["DE","US"],"otherValue":"other"}]}]}"#;
+    let worker = Worker::start(
+        &dir.path().join("state"),
+        &[
+            ("ALLOWLIST_JSON", allowlist),
+            ("BROWSER_PACK", "false"),
+            ("ALLOWED_ORIGINS", "https://shop.example"),
+            ("SHARDS", "2"),
+        ],
+    );
+    let c = client();
+
+    // The export: no token, a wrong one, the right one.
+    let export = format!("{}/export", worker.url);
+    for auth in [None, Some("Bearer wrong"), Some("test-export-token")] {
+        let mut req = c.get(&export);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.expect("export");
+        assert_eq!(resp.status(), 401, "{auth:?}");
+        assert_eq!(
+            resp.headers().get("www-authenticate").map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..])
+        );
+        let body: Value = resp.json().await.expect("JSON");
+        assert_eq!(body["error"], "unauthorized");
+    }
+    let resp = c
+        .get(&export)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["v"], 1);
+
+    // A collector with a wrong token stops at start-up, naming the problem.
+    let out = Command::new(env!("CARGO_BIN_EXE_pum-collector"))
+        .args(["serve", "--source", "cloudflare", "--url", &worker.url])
+        .args(["--token", "wrong", "--metrics-listen", "127.0.0.1:0"])
+        .output()
+        .expect("collector runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("EXPORT_TOKEN"), "{stderr}");
+
+    // CORS: the preflight, an allowed origin, a refused one.
+    let resp = c
+        .request(reqwest::Method::OPTIONS, worker.record_url())
+        .header("origin", "https://shop.example")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(resp.status(), 204);
+    let h = resp.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://shop.example");
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .expect("str")
+            .contains("POST")
+    );
+    let sample = json!([{"metricName": "checkout_total", "metricType": "counter", "inc": 2}]);
+    for (origin, status) in [("https://shop.example", 200), ("https://evil.example", 403)] {
+        let resp = c
+            .post(worker.record_url())
+            .header("origin", origin)
+            .header("content-type", "text/plain;charset=UTF-8")
+            .body(sample.to_string())
+            .send()
+            .await
+            .expect("push");
+        assert_eq!(resp.status(), status, "{origin}");
+        let acao = resp.headers().get("access-control-allow-origin").cloned();
+        let body: Value = resp.json().await.expect("JSON");
+        if status == 200 {
+            assert_eq!(acao.expect("ACAO"), origin);
+            assert_eq!(body, json!({"accepted": 1, "rejected": []}));
+        } else {
+            assert!(acao.is_none());
+            assert_eq!(body["error"], "origin_not_allowed");
+        }
+    }
+    // The country label comes from request.cf.country (local workerd reports US), never from the
+    // push.
+    let spoofed = json!([{"metricName": "checkout_total", "metricType": "counter", "labels": {"country": "DE"}, "inc": 1}]);
+    let (status, body) = push(&c, &worker.record_url(), &spoofed, "application/json").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["rejected"][0]["reason"], "unknown_label");
+    // The collector renders with the allowlist the Worker validates with.
+    let config = dir.path().join("allowlist.json");
+    std::fs::write(&config, allowlist).expect("allowlist file");
+    let config = config.to_str().expect("utf-8 path");
+    let collector = Collector::start_with(&worker, &["--config", config, "--no-browser-pack"]);
+    let scrape = collector
+        .scrape_until(&c, |s| {
+            s.get("checkout_total{country=\"US\"}") >= 2.0
+                && s.get("pum_pushes_rejected_total{reason=\"origin_not_allowed\"}") >= 1.0
+        })
+        .await;
+    assert_eq!(scrape.get("checkout_total{country=\"US\"}"), 2.0);
+    assert_eq!(
+        scrape.get("pum_pushes_rejected_total{reason=\"origin_not_allowed\"}"),
+        1.0
+    );
+
+    // Routes: health, the original's /status, unknown paths and methods.
+    let resp = c
+        .get(format!("{}/healthz", worker.url))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.expect("JSON"),
+        json!({"status": "ok"})
+    );
+    let resp = c
+        .get(worker.record_url())
+        .send()
+        .await
+        .expect("GET /record");
+    assert_eq!(resp.status(), 405);
+    assert_eq!(
+        resp.json::<Value>().await.expect("JSON")["error"],
+        "method_not_allowed"
+    );
+    let resp = c
+        .get(format!("{}/nope", worker.url))
+        .send()
+        .await
+        .expect("404");
+    assert_eq!(resp.status(), 404);
+    assert_eq!(
+        resp.json::<Value>().await.expect("JSON")["error"],
+        "not_found"
+    );
+
+    // The client script, served by Workers Static Assets at the original snippet's URL.
+    let resp = c
+        .get(format!("{}/static/aggregatorClient.js", worker.url))
+        .send()
+        .await
+        .expect("client");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .expect("str")
+            .contains("javascript")
+    );
+    assert!(
+        resp.headers()["cache-control"]
+            .to_str()
+            .expect("str")
+            .contains("max-age=604800")
+    );
+    let served = resp.text().await.expect("text");
+    let shipped =
+        std::fs::read_to_string(root().join("static/aggregatorClient.js")).expect("client");
+    assert_eq!(served, shipped);
+    let resp = c.get(&worker.url).send().await.expect("demo");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.text()
+            .await
+            .expect("text")
+            .contains("/static/aggregatorClient.js")
+    );
+}
+
+#[test]
+#[ignore = "needs wrangler and a built Worker: run edge/worker/test.sh"]
+fn deploy_dry_run_succeeds_under_one_megabyte_gzipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = root();
+    let path = format!(
+        "{}:{}",
+        root.join("node_modules/.bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(root.join("node_modules/.bin/wrangler"))
+        .current_dir(&root)
+        .args(["deploy", "--dry-run", "--outdir"])
+        .arg(dir.path())
+        .env("PATH", path)
+        .env("PUM_WORKER_PREBUILT", "1")
+        .env("WRANGLER_SEND_METRICS", "false")
+        .stdin(Stdio::null())
+        .output()
+        .expect("wrangler runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    // "Total Upload: 1234.56 KiB / gzip: 456.78 KiB"
+    let line = text
+        .lines()
+        .find(|l| l.contains("Total Upload"))
+        .unwrap_or_else(|| panic!("no upload size in:\n{text}"));
+    let gzip_kib: f64 = line
+        .split("gzip:")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the size in {line:?}"));
+    println!("wrangler deploy --dry-run: {}", line.trim());
+    assert!(gzip_kib < 1024.0, "{line}");
+    for binding in ["SHARD", "SNAPSHOTS", "Shard"] {
+        assert!(text.contains(binding), "{binding} missing:\n{text}");
+    }
+}

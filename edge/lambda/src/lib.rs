@@ -1,0 +1,231 @@
+//! # pum-lambda: pum's ingest as an AWS Lambda
+//!
+//! The same `POST /record` as `pum-collector standalone`, from the same core: a Function URL or
+//! HTTP API event becomes a push for [`Ingest::push_with`], whose delta goes to DynamoDB
+//! ([`pum_dynamodb::DynamoStore`]) before the core's answer is returned. Also CORS preflights,
+//! `GET /healthz`, the original's `GET /status`, and the browser client at
+//! `/static/aggregatorClient.js`.
+//!
+//! The handler ([`handle`]) is a plain async function of the [`App`] and the request, generic
+//! over the [`Store`], so tests feed it recorded API Gateway v2 and Function URL events without
+//! AWS. `main.rs` reads the configuration ([`Config::from_env`]) once per cold start and hands
+//! the handler to `lambda_http::run`.
+//!
+//! Country labels (allowlist extension `"source": "country"`) come from CloudFront's
+//! `CloudFront-Viewer-Country` header, present when CloudFront fronts the function and forwards
+//! it.
+
+use lambda_http::http::{HeaderMap, Method, header};
+use lambda_http::{Body, Request, RequestExt, Response};
+use pum_shared::http::{self as core_http, Cors};
+use pum_shared::ingest::RequestContext;
+use pum_shared::{Allowlist, Ingest, Limits, PushOutcome, Reason, Store};
+
+/// The browser client, as built from `static/src`.
+pub const CLIENT_JS: &str = include_str!("../../../static/aggregatorClient.js");
+
+/// The header CloudFront sets to the viewer's country (ISO 3166-1 alpha-2).
+pub const COUNTRY_HEADER: &str = "cloudfront-viewer-country";
+
+/// The Lambda's configuration, from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The compiled allowlist.
+    pub allowlist: Allowlist,
+    /// Origins allowed to push.
+    pub cors: Cors,
+    /// Push limits.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Reads the configuration through `var` (the process environment in `main`):
+    ///
+    /// - `PUM_ALLOWLIST_JSON`: an allowlist in the original format (`{"allowedMetrics": [...]}`);
+    ///   without it, pum's example allowlist. Either way the built-in browser pack is added
+    ///   unless `PUM_NO_BROWSER_PACK` is `true` or `1`. Lambda caps all variables at 4 KB
+    ///   together; a larger allowlist belongs in a build of its own.
+    /// - `PUM_ALLOWED_ORIGINS`: comma-separated origins allowed to push; `*` (the default) for
+    ///   any.
+    ///
+    /// A bad allowlist fails the cold start with an error naming the variable, metric and field.
+    pub fn from_env(
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, pum_shared::ConfigError> {
+        let browser_pack = !matches!(
+            var("PUM_NO_BROWSER_PACK").as_deref().map(str::trim),
+            Some("true" | "1")
+        );
+        let allowlist = match var("PUM_ALLOWLIST_JSON").filter(|s| !s.trim().is_empty()) {
+            Some(json) => {
+                Allowlist::compile([("PUM_ALLOWLIST_JSON", json.as_str())], browser_pack)?
+            }
+            None => Allowlist::compile(
+                [(
+                    "built-in example allowlist",
+                    pum_shared::config::EXAMPLE_ALLOWLIST,
+                )],
+                browser_pack,
+            )?,
+        };
+        Ok(Config {
+            allowlist,
+            cors: Cors::parse(&var("PUM_ALLOWED_ORIGINS").unwrap_or_else(|| "*".into())),
+            limits: Limits::default(),
+        })
+    }
+}
+
+/// What the handler needs: the ingest core, the origin allowlist and the store.
+pub struct App<S> {
+    ingest: Ingest,
+    cors: Cors,
+    store: S,
+}
+
+impl<S: Store> App<S> {
+    /// An app over `store`.
+    pub fn new(config: Config, store: S) -> Self {
+        App {
+            ingest: Ingest::new(config.allowlist, config.limits),
+            cors: config.cors,
+            store,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+}
+
+/// Handles one request. Never fails: every error is an answer.
+pub async fn handle<S: Store>(app: &App<S>, req: Request) -> Response<Body> {
+    let path = req.uri().path();
+    let method = req.method();
+    match path {
+        core_http::RECORD_PATH => match *method {
+            Method::POST => record(app, &req).await,
+            Method::OPTIONS => respond(
+                app.cors
+                    .preflight(header_str(req.headers(), header::ORIGIN)),
+                Vec::new(),
+            ),
+            _ => respond(core_http::method_not_allowed("POST, OPTIONS"), Vec::new()),
+        },
+        "/healthz" | "/status" | core_http::CLIENT_PATH
+            if !matches!(*method, Method::GET | Method::HEAD) =>
+        {
+            respond(core_http::method_not_allowed("GET, HEAD"), Vec::new())
+        }
+        "/healthz" => respond(
+            core_http::Response::json(200, r#"{"status":"ok"}"#.into()),
+            Vec::new(),
+        ),
+        // The original aggregator's health check: 200, no body.
+        "/status" => respond(
+            core_http::Response {
+                status: 200,
+                headers: Vec::new(),
+                body: String::new(),
+            },
+            Vec::new(),
+        ),
+        core_http::CLIENT_PATH => javascript(),
+        _ => respond(core_http::not_found(), Vec::new()),
+    }
+}
+
+async fn record<S: Store>(app: &App<S>, req: &Request) -> Response<Body> {
+    let headers = req.headers();
+    let origin = header_str(headers, header::ORIGIN);
+    let cors = app.cors.headers(origin);
+    let max = app.ingest.limits().max_body_bytes;
+    let body: &[u8] = req.body().as_ref();
+    // The same order of checks as standalone: origin, then size, then the core.
+    let outcome = if !app.cors.allows(origin) {
+        app.ingest.refuse(
+            Reason::OriginNotAllowed,
+            "this origin may not push here; add it to PUM_ALLOWED_ORIGINS",
+        )
+    } else if body.len() > max {
+        app.ingest.refuse(
+            Reason::BodyTooLarge,
+            &format!("the body is larger than {max} bytes"),
+        )
+    } else {
+        let ctx = RequestContext {
+            country: header_str(headers, header::HeaderName::from_static(COUNTRY_HEADER))
+                .map(str::to_owned),
+        };
+        app.ingest
+            .push_with(&ctx, header_str(headers, header::CONTENT_TYPE), body)
+    };
+    store_and_answer(app, req, outcome, cors).await
+}
+
+/// Merges the push's delta, then answers; a store failure is a 503 with `Retry-After` and
+/// nothing of the push applied.
+async fn store_and_answer<S: Store>(
+    app: &App<S>,
+    req: &Request,
+    outcome: PushOutcome,
+    cors: Vec<(&'static str, String)>,
+) -> Response<Body> {
+    // The invocation's request id names the push: the store's retries of it are recognised.
+    let batch_id = req
+        .lambda_context_ref()
+        .map(|c| c.request_id.clone())
+        .unwrap_or_default();
+    match app.store.merge(&batch_id, &outcome.delta).await {
+        Ok(()) => respond(
+            core_http::Response::json(outcome.status, outcome.body),
+            cors,
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "a push could not be stored");
+            respond(core_http::store_unavailable(), cors)
+        }
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Turns a core response and CORS headers into a Lambda response.
+pub fn respond(r: core_http::Response, cors: Vec<(&'static str, String)>) -> Response<Body> {
+    let mut builder = Response::builder().status(r.status);
+    for (k, v) in r.headers.into_iter().chain(cors) {
+        builder = builder.header(k, v);
+    }
+    let body = if r.body.is_empty() {
+        Body::Empty
+    } else {
+        Body::Text(r.body)
+    };
+    builder.body(body).unwrap_or_else(|_| {
+        let mut r = Response::new(Body::Empty);
+        *r.status_mut() = lambda_http::http::StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+}
+
+fn javascript() -> Response<Body> {
+    respond(
+        core_http::Response {
+            status: 200,
+            headers: vec![
+                ("content-type", "text/javascript; charset=utf-8".into()),
+                // A week: the client changes rarely and the snippet's URL carries no version.
+                (
+                    "cache-control",
+                    "public, max-age=604800, stale-while-revalidate=86400".into(),
+                ),
+                ("access-control-allow-origin", "*".into()),
+            ],
+            body: CLIENT_JS.to_owned(),
+        },
+        Vec::new(),
+    )
+}

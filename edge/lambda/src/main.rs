@@ -1,0 +1,68 @@
+//! The `pum-lambda` bootstrap: reads the configuration once per cold start and serves events.
+//!
+//! Environment (besides what [`pum_lambda::Config::from_env`] reads):
+//!
+//! - `PUM_TABLE` (required): the aggregates table; `PUM_BATCH_TABLE` the idempotency marker table
+//!   (default `{PUM_TABLE}-batches`).
+//! - `PUM_SHARDS`: shards per metric (default 16).
+//! - `AWS_REGION` (set by Lambda): the writer region, part of every key written.
+//! - `PUM_DYNAMODB_ENDPOINT`: an endpoint override, for a local DynamoDB-compatible server.
+//! - `PUM_LOG`: log filter (default `info`).
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use lambda_http::{Request, service_fn};
+use pum_dynamodb::{DynamoStore, Settings};
+use pum_lambda::{App, Config, handle};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PUM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .without_time()
+        .with_ansi(false)
+        .init();
+    let app = Arc::new(init().await?);
+    lambda_http::run(service_fn(move |req: Request| {
+        let app = Arc::clone(&app);
+        async move { Ok::<_, std::convert::Infallible>(handle(&app, req).await) }
+    }))
+    .await
+}
+
+async fn init() -> anyhow::Result<App<DynamoStore>> {
+    let var = |name: &str| std::env::var(name).ok();
+    let config = Config::from_env(var).context("the allowlist")?;
+    let table = var("PUM_TABLE").context("PUM_TABLE must name the aggregates table")?;
+    let endpoint = var("PUM_DYNAMODB_ENDPOINT").filter(|s| !s.is_empty());
+    let sdk = pum_dynamodb::sdk_config(None, endpoint.as_deref()).await;
+    let region = sdk
+        .region()
+        .map(ToString::to_string)
+        .context("AWS_REGION is not set")?;
+    let mut settings = Settings::new(table, region);
+    if let Some(batches) = var("PUM_BATCH_TABLE").filter(|s| !s.is_empty()) {
+        settings.batch_table = batches;
+    }
+    if let Some(shards) = var("PUM_SHARDS") {
+        settings.shards = shards
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .context("PUM_SHARDS must be a number from 1 to 1000")?;
+    }
+    tracing::info!(
+        table = %settings.table,
+        batch_table = %settings.batch_table,
+        region = %settings.region,
+        shards = settings.shards,
+        metrics = config.allowlist.len(),
+        "pum-lambda ready"
+    );
+    Ok(App::new(config, DynamoStore::from_config(&sdk, settings)))
+}
