@@ -5,19 +5,14 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{Scrape, Server};
-use pum_shared::corpus::bad_pushes;
+use pum_shared::corpus::{
+    bad_pushes, demo_batch as batch, demo_counter as counter, demo_histogram as histogram,
+    demo_totals as expected_totals,
+};
 use serde_json::{Value, json};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().build().expect("client")
-}
-
-fn counter(feature: &str, inc: f64) -> Value {
-    json!({"metricName": "demo_feature_usage_total", "metricType": "counter", "labels": {"feature": feature}, "inc": inc})
-}
-
-fn histogram(api: &str, observations: &[f64]) -> Value {
-    json!({"metricName": "demo_third_party_api_seconds", "metricType": "histogram", "labels": {"api": api}, "observations": observations})
 }
 
 async fn push(
@@ -38,48 +33,6 @@ async fn push(
     (status, body)
 }
 
-/// What the pushes of `valid_batches` must total: series -> value as rendered.
-fn expected_totals(batches: &[Value]) -> BTreeMap<String, f64> {
-    let bounds = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
-    let mut out: BTreeMap<String, f64> = BTreeMap::new();
-    for batch in batches {
-        for s in batch.as_array().expect("array") {
-            let labels = s["labels"].as_object().expect("labels");
-            if s["metricType"] == "counter" {
-                let key = format!(
-                    "demo_feature_usage_total{{feature=\"{}\"}}",
-                    labels["feature"].as_str().expect("str")
-                );
-                *out.entry(key).or_default() += s["inc"].as_f64().expect("inc");
-            } else {
-                let api = labels["api"].as_str().expect("str");
-                for o in s["observations"].as_array().expect("obs") {
-                    let o = o.as_f64().expect("num");
-                    for b in bounds {
-                        if o <= b {
-                            *out.entry(format!(
-                                "demo_third_party_api_seconds_bucket{{api=\"{api}\",le=\"{b}\"}}"
-                            ))
-                            .or_default() += 1.0;
-                        }
-                    }
-                    *out.entry(format!(
-                        "demo_third_party_api_seconds_bucket{{api=\"{api}\",le=\"+Inf\"}}"
-                    ))
-                    .or_default() += 1.0;
-                    *out.entry(format!(
-                        "demo_third_party_api_seconds_count{{api=\"{api}\"}}"
-                    ))
-                    .or_default() += 1.0;
-                    *out.entry(format!("demo_third_party_api_seconds_sum{{api=\"{api}\"}}"))
-                        .or_default() += o;
-                }
-            }
-        }
-    }
-    out
-}
-
 fn assert_totals(scrape: &Scrape, expected: &BTreeMap<String, f64>) {
     for (series, want) in expected {
         let got = scrape.get(series);
@@ -89,16 +42,6 @@ fn assert_totals(scrape: &Scrape, expected: &BTreeMap<String, f64>) {
             scrape.text
         );
     }
-}
-
-fn batch(i: usize) -> Value {
-    let features = ["search", "share", "export"];
-    let apis = ["maps", "payments"];
-    json!([
-        counter(features[i % 3], 1.0),
-        counter(features[(i + 1) % 3], (i % 4) as f64 + 0.25),
-        histogram(apis[i % 2], &[0.01 * (i % 50) as f64, 0.3, (i % 9) as f64]),
-    ])
 }
 
 #[tokio::test]

@@ -116,3 +116,62 @@ fn unescape(s: &str) -> Vec<u8> {
     }
     out
 }
+
+/// A valid push of the example allowlist's demo metrics, varied by `i`: two counter samples and
+/// a histogram sample of three observations. Every adapter's tests push these and compare
+/// `/metrics` with [`demo_totals`].
+pub fn demo_batch(i: usize) -> Value {
+    let features = ["search", "share", "export"];
+    let apis = ["maps", "payments"];
+    serde_json::json!([
+        demo_counter(features[i % 3], 1.0),
+        demo_counter(features[(i + 1) % 3], (i % 4) as f64 + 0.25),
+        demo_histogram(apis[i % 2], &[0.01 * (i % 50) as f64, 0.3, (i % 9) as f64]),
+    ])
+}
+
+/// A `demo_feature_usage_total` sample.
+pub fn demo_counter(feature: &str, inc: f64) -> Value {
+    serde_json::json!({"metricName": "demo_feature_usage_total", "metricType": "counter", "labels": {"feature": feature}, "inc": inc})
+}
+
+/// A `demo_third_party_api_seconds` sample.
+pub fn demo_histogram(api: &str, observations: &[f64]) -> Value {
+    serde_json::json!({"metricName": "demo_third_party_api_seconds", "metricType": "histogram", "labels": {"api": api}, "observations": observations})
+}
+
+/// What pushes of demo samples add to each series as `/metrics` renders it
+/// (`name{labels}` -> value), computed independently of pum's own aggregation.
+pub fn demo_totals(batches: &[Value]) -> std::collections::BTreeMap<String, f64> {
+    let bounds = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+    let mut out = std::collections::BTreeMap::<String, f64>::new();
+    for batch in batches {
+        for s in batch.as_array().expect("a push is an array") {
+            if s["metricType"] == "counter" {
+                let f = s["labels"]["feature"].as_str().expect("feature");
+                *out.entry(format!("demo_feature_usage_total{{feature=\"{f}\"}}"))
+                    .or_default() += s["inc"].as_f64().expect("inc");
+                continue;
+            }
+            let api = s["labels"]["api"].as_str().expect("api");
+            for o in s["observations"].as_array().expect("observations") {
+                let o = o.as_f64().expect("number");
+                for le in bounds.iter().filter(|le| o <= **le) {
+                    *out.entry(format!(
+                        "demo_third_party_api_seconds_bucket{{api=\"{api}\",le=\"{le}\"}}"
+                    ))
+                    .or_default() += 1.0;
+                }
+                for series in [
+                    format!("demo_third_party_api_seconds_bucket{{api=\"{api}\",le=\"+Inf\"}}"),
+                    format!("demo_third_party_api_seconds_count{{api=\"{api}\"}}"),
+                ] {
+                    *out.entry(series).or_default() += 1.0;
+                }
+                *out.entry(format!("demo_third_party_api_seconds_sum{{api=\"{api}\"}}"))
+                    .or_default() += o;
+            }
+        }
+    }
+    out
+}

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pum_dynamodb::testing::{LocalDynamo, REGION};
-use pum_shared::corpus::bad_pushes;
+use pum_shared::corpus::{bad_pushes, demo_batch as batch, demo_totals as expected};
 use serde_json::{Value, json};
 
 const BEACON: &str = include_str!("../../../fixtures/beacon.json");
@@ -293,58 +293,6 @@ fn assert_deltas(
             "{series}: moved by {got}, want {want}"
         );
     }
-}
-
-fn batch(i: usize) -> Value {
-    let features = ["search", "share", "export"];
-    let apis = ["maps", "payments"];
-    json!([
-        {"metricName": "demo_feature_usage_total", "metricType": "counter",
-         "labels": {"feature": features[i % 3]}, "inc": 1},
-        {"metricName": "demo_feature_usage_total", "metricType": "counter",
-         "labels": {"feature": features[(i + 1) % 3]}, "inc": (i % 4) as f64 + 0.25},
-        {"metricName": "demo_third_party_api_seconds", "metricType": "histogram",
-         "labels": {"api": apis[i % 2]}, "observations": [0.01 * (i % 50) as f64, 0.3, (i % 9) as f64]},
-    ])
-}
-
-/// What `batches` add to each rendered series.
-fn expected(batches: &[Value]) -> BTreeMap<String, f64> {
-    let bounds = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
-    let mut out: BTreeMap<String, f64> = BTreeMap::new();
-    for b in batches {
-        for s in b.as_array().expect("array") {
-            if s["metricType"] == "counter" {
-                let f = s["labels"]["feature"].as_str().expect("feature");
-                *out.entry(format!("demo_feature_usage_total{{feature=\"{f}\"}}"))
-                    .or_default() += s["inc"].as_f64().expect("inc");
-            } else {
-                let api = s["labels"]["api"].as_str().expect("api");
-                for o in s["observations"].as_array().expect("obs") {
-                    let o = o.as_f64().expect("number");
-                    for le in bounds {
-                        if o <= le {
-                            *out.entry(format!(
-                                "demo_third_party_api_seconds_bucket{{api=\"{api}\",le=\"{le}\"}}"
-                            ))
-                            .or_default() += 1.0;
-                        }
-                    }
-                    *out.entry(format!(
-                        "demo_third_party_api_seconds_bucket{{api=\"{api}\",le=\"+Inf\"}}"
-                    ))
-                    .or_default() += 1.0;
-                    *out.entry(format!(
-                        "demo_third_party_api_seconds_count{{api=\"{api}\"}}"
-                    ))
-                    .or_default() += 1.0;
-                    *out.entry(format!("demo_third_party_api_seconds_sum{{api=\"{api}\"}}"))
-                        .or_default() += o;
-                }
-            }
-        }
-    }
-    out
 }
 
 async fn seed_format_pushes_appear_exactly(d: &Deployment) {
