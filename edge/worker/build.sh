@@ -42,18 +42,24 @@ else
 fi
 
 public="$out/public"
-rm -rf "$public"
+# Each file is copied to a temporary name and renamed into place: several `wrangler dev`
+# instances (the tests start them in parallel) may run this at once, and a reader must never see
+# a missing or half-written file.
 mkdir -p "$public/static" "$public/demo"
-cp "$root/static/aggregatorClient.js" "$public/static/aggregatorClient.js"
-cp "$root/static/demo/demo.js" "$public/static/demo.js"
-cp "$root/static/demo/index.html" "$public/index.html"
-cp "$root/static/demo/index.html" "$public/demo.html"
-cp "$root/static/demo/csp.html" "$public/demo/csp.html"
+place() { # place SOURCE DEST
+  cp "$1" "$2.tmp.$$" && mv -f "$2.tmp.$$" "$2"
+}
+place "$root/static/aggregatorClient.js" "$public/static/aggregatorClient.js"
+place "$root/static/demo/demo.js" "$public/static/demo.js"
+place "$root/static/demo/index.html" "$public/index.html"
+place "$root/static/demo/index.html" "$public/demo.html"
+place "$root/static/demo/csp.html" "$public/demo/csp.html"
 # The same headers standalone mode sends with these files.
-cat > "$public/_headers" <<'HEADERS'
+cat > "$public/_headers.tmp.$$" <<'HEADERS'
 /static/*
   Cache-Control: public, max-age=604800, stale-while-revalidate=86400
   Access-Control-Allow-Origin: *
 /demo/csp
   Content-Security-Policy: default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'
 HEADERS
+mv -f "$public/_headers.tmp.$$" "$public/_headers"
