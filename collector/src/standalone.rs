@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use pum_shared::http::{self as core_http, Cors};
-use pum_shared::{Allowlist, Ingest, Limits, PushOutcome, Reason, Store};
+use pum_shared::{Allowlist, BodyError, Ingest, Limits, PushOutcome, Reason, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -243,13 +243,7 @@ async fn record(State(s): State<Arc<Standalone>>, request: axum::extract::Reques
             Ok(bytes) => s
                 .ingest
                 .push(header_str(headers, header::CONTENT_TYPE), &bytes),
-            Err(BodyError::TooLarge) => s.ingest.refuse(
-                Reason::BodyTooLarge,
-                &format!("the body is larger than {max} bytes"),
-            ),
-            Err(BodyError::Unreadable) => s
-                .ingest
-                .refuse(Reason::InvalidJson, "the body could not be read"),
+            Err(e) => s.ingest.refuse_body(e),
         }
     } else {
         s.ingest.refuse(
@@ -258,11 +252,6 @@ async fn record(State(s): State<Arc<Standalone>>, request: axum::extract::Reques
         )
     };
     store_and_answer(&s, outcome, cors).await
-}
-
-enum BodyError {
-    TooLarge,
-    Unreadable,
 }
 
 /// Reads at most `max` bytes of body. A larger body is still read (and dropped) up to

@@ -129,6 +129,15 @@ pub struct PushOutcome {
     pub refused: Option<Reason>,
 }
 
+/// Why an adapter could not read a push's body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// The body is longer than [`Limits::max_body_bytes`].
+    TooLarge,
+    /// The body could not be read (the client broke off, the platform failed to stream it).
+    Unreadable,
+}
+
 /// What the edge knows about a request, for labels the allowlist fills in at the edge
 /// ([`crate::config::LabelSource`]). Nothing here is stored except through such labels.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -269,13 +278,7 @@ impl Ingest {
             );
         }
         if body.len() > self.limits.max_body_bytes {
-            return self.refuse(
-                Reason::BodyTooLarge,
-                &format!(
-                    "the body is larger than {} bytes",
-                    self.limits.max_body_bytes
-                ),
-            );
+            return self.refuse_body(BodyError::TooLarge);
         }
         // The fast path reads the body once into typed samples. Anything it cannot type (a
         // string where a number belongs, a sample that is not an object, ...) sends the push down
@@ -429,6 +432,20 @@ impl Ingest {
                 reason,
                 message,
             }),
+        }
+    }
+
+    /// Refuses a push whose body could not be read, with the same answer on every platform.
+    pub fn refuse_body(&self, error: BodyError) -> PushOutcome {
+        match error {
+            BodyError::TooLarge => self.refuse(
+                Reason::BodyTooLarge,
+                &format!(
+                    "the body is larger than {} bytes",
+                    self.limits.max_body_bytes
+                ),
+            ),
+            BodyError::Unreadable => self.refuse(Reason::InvalidJson, "the body could not be read"),
         }
     }
 

@@ -32,7 +32,7 @@ pub mod corpus;
 
 pub use aggregate::{Aggregate, SeriesKey, SeriesValue};
 pub use config::{Allowlist, ConfigError};
-pub use ingest::{Ingest, PushOutcome, Reason};
+pub use ingest::{BodyError, Ingest, PushOutcome, Reason};
 pub use limits::Limits;
 pub use store::{Store, StoreError};
 

@@ -19,7 +19,7 @@ use lambda_http::http::{HeaderMap, Method, header};
 use lambda_http::{Body, Request, RequestExt, Response};
 use pum_shared::http::{self as core_http, Cors};
 use pum_shared::ingest::RequestContext;
-use pum_shared::{Allowlist, Ingest, Limits, PushOutcome, Reason, Store};
+use pum_shared::{Allowlist, BodyError, Ingest, Limits, PushOutcome, Reason, Store};
 
 /// The browser client, as built from `static/src`.
 pub const CLIENT_JS: &str = include_str!("../../../static/aggregatorClient.js");
@@ -149,10 +149,7 @@ async fn record<S: Store>(app: &App<S>, req: &Request) -> Response<Body> {
             "this origin may not push here; add it to PUM_ALLOWED_ORIGINS",
         )
     } else if body.len() > max {
-        app.ingest.refuse(
-            Reason::BodyTooLarge,
-            &format!("the body is larger than {max} bytes"),
-        )
+        app.ingest.refuse_body(BodyError::TooLarge)
     } else {
         let ctx = RequestContext {
             country: header_str(headers, header::HeaderName::from_static(COUNTRY_HEADER))

@@ -9,9 +9,9 @@ use std::cell::OnceCell;
 use std::rc::Rc;
 
 use futures_util::StreamExt;
-use pum_shared::Reason;
 use pum_shared::http::{self as core_http};
 use pum_shared::ingest::RequestContext;
+use pum_shared::{BodyError, Reason};
 use wasm_bindgen::JsValue;
 use worker::{Context, Env, Headers, Method, Request, RequestInit, Response, Result, event};
 
@@ -124,13 +124,7 @@ async fn record(mut req: Request, env: &Env, s: &Settings) -> Result<Response> {
             Ok(bytes) => s
                 .ingest
                 .push_with(&ctx, header(&req, "content-type").as_deref(), &bytes),
-            Err(BodyError::TooLarge) => s.ingest.refuse(
-                Reason::BodyTooLarge,
-                &format!("the body is larger than {max} bytes"),
-            ),
-            Err(BodyError::Unreadable) => s
-                .ingest
-                .refuse(Reason::InvalidJson, "the body could not be read"),
+            Err(e) => s.ingest.refuse_body(e),
         }
     } else {
         s.ingest.refuse(
@@ -150,11 +144,6 @@ async fn record(mut req: Request, env: &Env, s: &Settings) -> Result<Response> {
             respond(core_http::store_unavailable(), cors)
         }
     }
-}
-
-enum BodyError {
-    TooLarge,
-    Unreadable,
 }
 
 /// Reads at most `max` bytes of body; a longer one is refused without reading the rest.
