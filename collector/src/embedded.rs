@@ -9,9 +9,12 @@
 //! a second copy of the totals and an fsync or a B-tree update per push for nothing pum needs.
 //!
 //! Layout of the data directory:
-//! - `wal-<gen>.log`: records `[len u32 LE][crc32 u32 LE][delta]`, one per push, the delta in
-//!   the compact binary encoding of [`encode_delta`] (a JSON encoding cost more CPU than the rest
-//!   of the store together).
+//! - `wal-<gen>.log`: records `[len u32 LE][crc32 u32 LE][payload]`. A delta record holds one
+//!   push in the compact binary encoding of [`encode_delta`], which names its strings by number in
+//!   the process's [`Dictionary`]; a strings record ([`encode_strings`]) defines numbers, and is
+//!   written in the same `write` ahead of the first record of the file that uses them. (Strings
+//!   spelt out in every record made the log larger than the pushes and its replay, at
+//!   compaction, cost a fifth of the CPU of standalone ingest.)
 //! - `snapshot.json`: `{"gen": G, "totals": <snapshot>}`: totals of every record in logs with a
 //!   generation below `G`. Written to a temporary file, fsynced, then renamed over the old one.
 //! - `LOCK`: held exclusively while a process uses the directory.
@@ -22,10 +25,11 @@
 //! generation at or above the snapshot's, so nothing is lost or counted twice. A torn record at
 //! the end of the newest log (a crash mid-`write`) is cut off; it was never acknowledged.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use pum_shared::aggregate::Snapshot;
@@ -52,6 +56,15 @@ pub enum OpenError {
         path: PathBuf,
         /// The error.
         source: io::Error,
+    },
+    /// A log holds a whole record that this version cannot read; refusing to start rather than
+    /// cut it off and lose what it holds.
+    #[error("{path}: {reason}; it was written by another version of pum, or the file was changed")]
+    CorruptLog {
+        /// The log file.
+        path: PathBuf,
+        /// Which record.
+        reason: String,
     },
     /// Another process holds the directory.
     #[error(
@@ -95,12 +108,16 @@ struct LogFile {
     generation: u64,
     /// Length of the whole records in the file.
     bytes: u64,
+    /// How many dictionary strings the file defines (numbers `0..defined`).
+    defined: usize,
 }
 
 /// Records waiting to be written together (group commit).
 #[derive(Default)]
 struct Queue {
     buf: Vec<u8>,
+    /// Dictionary strings the records in `buf` use (numbers below this).
+    strings: usize,
     /// The batch the records now in `buf` will be written in.
     open_batch: u64,
     /// Whether a writer is writing batches now.
@@ -121,6 +138,8 @@ pub struct EmbeddedStore {
     totals: Mutex<Aggregate>,
     log: Mutex<LogFile>,
     queue: Mutex<Queue>,
+    /// Locked after `queue` or `log` when both are needed, never before.
+    dict: Mutex<Dictionary>,
     commits: tokio::sync::watch::Sender<Commits>,
     // Held for the life of the store; dropping it releases the directory.
     _lock: File,
@@ -194,18 +213,6 @@ fn load(dir: &Path, below: Option<u64>) -> Result<(Aggregate, u64, Recovery), Op
     Ok((totals, newest, recovery))
 }
 
-/// A record: `[len u32 LE][crc32 u32 LE][delta]`.
-fn frame(delta: &Aggregate) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(2048);
-    frame.extend_from_slice(&[0; 8]);
-    encode_delta(delta, &mut frame);
-    let len = (frame.len() - 8) as u32;
-    let crc = crc32fast::hash(&frame[8..]);
-    frame[..4].copy_from_slice(&len.to_le_bytes());
-    frame[4..8].copy_from_slice(&crc.to_le_bytes());
-    frame
-}
-
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in `dir`, replaying its logs.
     pub fn open(dir: impl Into<PathBuf>) -> Result<(Self, Recovery), OpenError> {
@@ -237,8 +244,11 @@ impl EmbeddedStore {
                 file,
                 generation: newest,
                 bytes,
+                // This process numbers its strings afresh: its first write defines them again.
+                defined: 0,
             }),
             queue: Mutex::new(Queue::default()),
+            dict: Mutex::new(Dictionary::new()),
             commits: tokio::sync::watch::Sender::new(Commits::default()),
             _lock: lock,
         };
@@ -255,16 +265,41 @@ impl EmbeddedStore {
             .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))
     }
 
-    /// Appends whole records to the log, or nothing: a failed write is cut off again.
-    fn append(&self, records: &[u8]) -> Result<(), StoreError> {
+    /// Appends whole records to the log, or nothing: a failed write is cut off again. The records
+    /// use dictionary strings below `strings`; those the file does not define yet are written
+    /// ahead of them, in the same `write`.
+    fn append(&self, records: &[u8], strings: usize) -> Result<(), StoreError> {
         let mut log = Self::locked(&self.log)?;
-        if let Err(e) = log.file.write_all(records) {
+        let mut definitions = Vec::new();
+        if log.defined < strings {
+            let dict = Self::locked(&self.dict)?;
+            let new = &dict.strings()[log.defined..strings];
+            frame_into(&mut definitions, |out| {
+                encode_strings(log.defined, new, out)
+            });
+            definitions.extend_from_slice(records);
+        }
+        let bytes = if definitions.is_empty() {
+            records
+        } else {
+            &definitions
+        };
+        if let Err(e) = log.file.write_all(bytes) {
             let keep = log.bytes;
             let _ = log.file.set_len(keep);
             return Err(StoreError::Unavailable(format!("writing the log: {e}")));
         }
-        log.bytes += records.len() as u64;
+        log.bytes += bytes.len() as u64;
+        log.defined = log.defined.max(strings);
         Ok(())
+    }
+
+    /// Frames `delta` as a record at the end of `out`; returns the number of dictionary strings
+    /// it may use.
+    fn encode(&self, delta: &Aggregate, out: &mut Vec<u8>) -> Result<usize, StoreError> {
+        let mut dict = Self::locked(&self.dict)?;
+        frame_into(out, |out| encode_delta(delta, &mut dict, out));
+        Ok(dict.len())
     }
 
     fn apply(&self, delta: &Aggregate) -> Result<(), StoreError> {
@@ -275,7 +310,9 @@ impl EmbeddedStore {
     /// Appends one delta to the log and merges it into the totals, all or nothing, without
     /// waiting for other pushes to share the write.
     pub fn merge_sync(&self, delta: &Aggregate) -> Result<(), StoreError> {
-        self.append(&frame(delta))?;
+        let mut record = Vec::new();
+        let strings = self.encode(delta, &mut record)?;
+        self.append(&record, strings)?;
         self.apply(delta)
     }
 
@@ -290,11 +327,20 @@ impl EmbeddedStore {
     /// per push into one per batch. If a write fails, its records are subtracted from memory
     /// again and every push of the batch gets the error.
     pub async fn merge_grouped(&self, delta: &Aggregate) -> Result<(), StoreError> {
-        let record = frame(delta);
         let (batch, leader) = {
             let mut q = Self::locked(&self.queue)?;
-            q.buf.extend_from_slice(&record);
-            self.apply(delta)?;
+            let keep = q.buf.len();
+            match self.encode(delta, &mut q.buf) {
+                Ok(strings) => q.strings = strings,
+                Err(e) => {
+                    q.buf.truncate(keep);
+                    return Err(e);
+                }
+            }
+            if let Err(e) = self.apply(delta) {
+                q.buf.truncate(keep);
+                return Err(e);
+            }
             let leader = !q.flushing;
             q.flushing = true;
             (q.open_batch, leader)
@@ -320,7 +366,7 @@ impl EmbeddedStore {
     /// Writes queued batches until the queue is empty (the leader's loop).
     fn flush_batches(&self) {
         loop {
-            let (buf, batch) = {
+            let (buf, strings, batch) = {
                 let Ok(mut q) = self.queue.lock() else { return };
                 if q.buf.is_empty() {
                     q.flushing = false;
@@ -328,9 +374,9 @@ impl EmbeddedStore {
                 }
                 let batch = q.open_batch;
                 q.open_batch += 1;
-                (std::mem::take(&mut q.buf), batch)
+                (std::mem::take(&mut q.buf), q.strings, batch)
             };
-            let ok = self.append(&buf).is_ok();
+            let ok = self.append(&buf, strings).is_ok();
             if !ok {
                 self.unapply(&buf);
             }
@@ -348,8 +394,12 @@ impl EmbeddedStore {
 
     /// Subtracts the deltas of records that could not be written.
     fn unapply(&self, records: &[u8]) {
+        let Ok(mut strings) = self.dict.lock().map(|d| d.strings().to_vec()) else {
+            return;
+        };
         let mut totals = Aggregate::new();
-        replay_bytes(records, &mut totals);
+        // These records were encoded by this process a moment ago: they decode.
+        let _ = replay_bytes(records, &mut strings, &mut totals);
         if let Ok(mut mine) = self.totals.lock() {
             mine.subtract(&totals);
         }
@@ -400,6 +450,7 @@ impl EmbeddedStore {
                     file,
                     generation: new_gen,
                     bytes: 0,
+                    defined: 0,
                 },
             );
             old.file
@@ -483,125 +534,264 @@ fn replay(path: &Path, totals: &mut Aggregate) -> Result<(u64, u64, u64), OpenEr
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io_err(path))?;
-    let (records, good) = replay_bytes(&bytes, totals);
+    let (records, good) =
+        replay_bytes(&bytes, &mut Vec::new(), totals).map_err(|reason| OpenError::CorruptLog {
+            path: path.to_owned(),
+            reason,
+        })?;
     Ok((records, good as u64, bytes.len() as u64))
 }
 
-/// Merges the whole records at the start of `bytes` into `totals`; returns how many there were
-/// and the length they take. Stops at the first torn or corrupt record.
-fn replay_bytes(bytes: &[u8], totals: &mut Aggregate) -> (u64, usize) {
+/// Merges the delta records among the whole records at the start of `bytes` into `totals`,
+/// reading strings records into `strings`; returns how many deltas there were and the length the
+/// whole records take. Stops at the first torn record (short, or failing its CRC): a crash cut it
+/// mid-write, so it was never acknowledged. A whole record that does not decode is an error:
+/// cutting it off would lose acknowledged data.
+fn replay_bytes(
+    bytes: &[u8],
+    strings: &mut Vec<Arc<str>>,
+    totals: &mut Aggregate,
+) -> Result<(u64, usize), String> {
     let mut pos = 0usize;
     let mut records = 0u64;
-    while bytes.len() - pos >= 8 {
-        let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]);
-        let crc = u32::from_le_bytes([
-            bytes[pos + 4],
-            bytes[pos + 5],
-            bytes[pos + 6],
-            bytes[pos + 7],
-        ]);
-        if len > MAX_RECORD_BYTES || bytes.len() - pos - 8 < len as usize {
+    while let Some(header) = bytes.get(pos..pos + 8) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > MAX_RECORD_BYTES {
             break;
         }
-        let payload = &bytes[pos + 8..pos + 8 + len as usize];
+        let Some(payload) = bytes.get(pos + 8..pos + 8 + len as usize) else {
+            break;
+        };
         if crc32fast::hash(payload) != crc {
             break;
         }
-        let Some(delta) = decode_delta(payload) else {
-            break;
-        };
-        totals.merge(&delta);
-        records += 1;
+        let unreadable =
+            || format!("the record at byte {pos} is not one this version of pum reads");
+        match payload.first() {
+            Some(&RECORD_STRINGS) => decode_strings(payload, strings).ok_or_else(unreadable)?,
+            _ => {
+                totals.merge(&decode_delta(payload, strings).ok_or_else(unreadable)?);
+                records += 1;
+            }
+        }
         pos += 8 + len as usize;
     }
-    (records, pos)
+    Ok((records, pos))
 }
 
-/// Version byte of the record encoding.
-const RECORD_VERSION: u8 = 1;
+/// First byte of a record that defines dictionary strings.
+const RECORD_STRINGS: u8 = 2;
+/// First byte of a record that holds one push's delta.
+const RECORD_DELTA: u8 = 3;
 
-/// Encodes a delta compactly: a version byte, then per series the metric and labels as
-/// length-prefixed strings and the value (`0` + u128 for a counter, `1` + bucket count + u64s +
-/// u128 sum for a histogram), all little-endian.
-pub fn encode_delta(delta: &Aggregate, out: &mut Vec<u8>) {
-    fn string(out: &mut Vec<u8>, s: &str) {
-        // Names and values come from the allowlist; they are far below 64 KiB.
-        let len = s.len().min(u16::MAX as usize);
-        out.extend_from_slice(&(len as u16).to_le_bytes());
-        out.extend_from_slice(&s.as_bytes()[..len]);
+/// Largest number of histogram buckets a record may carry.
+const MAX_BUCKETS: u64 = u16::MAX as u64;
+
+/// The strings records name by number: metric names, label names and label values.
+///
+/// A push repeats the same few dozen strings (they come from the allowlist), so a record names
+/// each by its number in this dictionary rather than spelling it out: that makes a record about a
+/// tenth of the size of one with inline strings, and replaying it allocates no string. Numbers
+/// are given out once per process and never change; each log file holds the definitions its
+/// records use, written ahead of them (see [`EmbeddedStore`]), so every file can be read alone.
+#[derive(Debug, Default)]
+pub struct Dictionary {
+    ids: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
+    /// The number of each string by the address of the `Arc` it was first given as. The ingest
+    /// hands out the allowlist's shared strings, so almost every lookup is found here without
+    /// hashing the string. An address cannot be reused while `strings` holds its `Arc`.
+    by_address: HashMap<usize, u32, foldhash::fast::RandomState>,
+    strings: Vec<Arc<str>>,
+}
+
+impl Dictionary {
+    /// An empty dictionary.
+    pub fn new() -> Self {
+        Self::default()
     }
-    out.push(RECORD_VERSION);
+
+    /// The number of `s`, given out now if `s` is new.
+    fn id(&mut self, s: &Arc<str>) -> u32 {
+        let address = Arc::as_ptr(s).cast::<u8>() as usize;
+        if let Some(id) = self.by_address.get(&address) {
+            return *id;
+        }
+        if let Some(id) = self.ids.get(s) {
+            return *id;
+        }
+        let id = self.strings.len() as u32;
+        self.strings.push(Arc::clone(s));
+        self.ids.insert(Arc::clone(s), id);
+        self.by_address.insert(address, id);
+        id
+    }
+
+    /// Number of strings defined so far.
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    /// Whether no string is defined yet.
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+    }
+
+    /// The strings, by number.
+    pub fn strings(&self) -> &[Arc<str>] {
+        &self.strings
+    }
+}
+
+#[inline]
+fn put_varint(out: &mut Vec<u8>, n: u128) {
+    // Most numbers (string numbers, counts, bucket indexes) are below 128, which LEB128 writes
+    // as the number itself in one byte.
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        put_long_varint(out, n);
+    }
+}
+
+#[inline(never)]
+fn put_long_varint(out: &mut Vec<u8>, n: u128) {
+    // Most of the rest fit 64 bits, whose encoder is cheaper; the bytes are the same.
+    match u64::try_from(n) {
+        Ok(n) => out.extend_from_slice(unsigned_varint::encode::u64(
+            n,
+            &mut unsigned_varint::encode::u64_buffer(),
+        )),
+        Err(_) => out.extend_from_slice(unsigned_varint::encode::u128(
+            n,
+            &mut unsigned_varint::encode::u128_buffer(),
+        )),
+    }
+}
+
+/// Frames `payload` (written by `write`) as a record `[len u32 LE][crc32 u32 LE][payload]` at
+/// the end of `out`.
+fn frame_into(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    write(out);
+    let len = (out.len() - start - 8) as u32;
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Encodes the definitions of dictionary strings `first..first + strings.len()`: the record
+/// byte, the first number and the count, then each string's length and bytes.
+pub fn encode_strings(first: usize, strings: &[Arc<str>], out: &mut Vec<u8>) {
+    out.push(RECORD_STRINGS);
+    put_varint(out, first as u128);
+    put_varint(out, strings.len() as u128);
+    for s in strings {
+        put_varint(out, s.len() as u128);
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// Encodes a delta compactly: the record byte, then per series the dictionary numbers of its
+/// metric and labels and its value (`0` + total for a counter; `1` + bucket count + the non-zero
+/// buckets as (index, count) + sum for a histogram); every number a LEB128 varint.
+pub fn encode_delta(delta: &Aggregate, dict: &mut Dictionary, out: &mut Vec<u8>) {
+    // Room for a typical series, so the buffer grows once per record rather than per number.
+    out.reserve(16 * delta.len() + 1);
+    out.push(RECORD_DELTA);
     for (key, value) in delta.iter_unordered() {
-        string(out, &key.metric);
-        out.push(key.labels.len().min(u8::MAX as usize) as u8);
-        for (k, v) in key.labels.iter().take(u8::MAX as usize) {
-            string(out, k);
-            string(out, v);
+        put_varint(out, dict.id(&key.metric).into());
+        put_varint(out, key.labels.len() as u128);
+        for (k, v) in &key.labels {
+            put_varint(out, dict.id(k).into());
+            put_varint(out, dict.id(v).into());
         }
         match value {
             SeriesValue::Counter { micros } => {
                 out.push(0);
-                out.extend_from_slice(&micros.to_le_bytes());
+                put_varint(out, *micros);
             }
             SeriesValue::Histogram {
                 buckets,
                 sum_micros,
             } => {
                 out.push(1);
-                let n = buckets.len().min(u16::MAX as usize);
-                out.extend_from_slice(&(n as u16).to_le_bytes());
-                for b in &buckets[..n] {
-                    out.extend_from_slice(&b.to_le_bytes());
+                let buckets = &buckets[..buckets.len().min(MAX_BUCKETS as usize)];
+                put_varint(out, buckets.len() as u128);
+                put_varint(out, buckets.iter().filter(|b| **b > 0).count() as u128);
+                for (i, b) in buckets.iter().enumerate().filter(|(_, b)| **b > 0) {
+                    put_varint(out, i as u128);
+                    put_varint(out, (*b).into());
                 }
-                out.extend_from_slice(&sum_micros.to_le_bytes());
+                put_varint(out, *sum_micros);
             }
         }
     }
 }
 
-/// Decodes [`encode_delta`]'s output; `None` if it is not well formed.
-pub fn decode_delta(bytes: &[u8]) -> Option<Aggregate> {
-    struct Reader<'a>(&'a [u8]);
-    impl<'a> Reader<'a> {
-        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-            let (head, tail) = self.0.split_at_checked(n)?;
-            self.0 = tail;
-            Some(head)
-        }
-        fn u8(&mut self) -> Option<u8> {
-            self.take(1).map(|b| b[0])
-        }
-        fn u16(&mut self) -> Option<u16> {
-            self.take(2)?.try_into().ok().map(u16::from_le_bytes)
-        }
-        fn u64(&mut self) -> Option<u64> {
-            self.take(8)?.try_into().ok().map(u64::from_le_bytes)
-        }
-        fn u128(&mut self) -> Option<u128> {
-            self.take(16)?.try_into().ok().map(u128::from_le_bytes)
-        }
-        fn string(&mut self) -> Option<std::sync::Arc<str>> {
-            let n = self.u16()? as usize;
-            std::str::from_utf8(self.take(n)?).ok().map(Into::into)
-        }
+/// Reads the numbers and strings of a record.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self) -> Option<u8> {
+        let (head, tail) = self.0.split_first()?;
+        self.0 = tail;
+        Some(*head)
     }
+
+    fn u128(&mut self) -> Option<u128> {
+        let (n, rest) = unsigned_varint::decode::u128(self.0).ok()?;
+        self.0 = rest;
+        Some(n)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let (n, rest) = unsigned_varint::decode::u64(self.0).ok()?;
+        self.0 = rest;
+        Some(n)
+    }
+
+    fn index(&mut self) -> Option<usize> {
+        usize::try_from(self.u64()?).ok()
+    }
+
+    fn string_ref(&mut self, strings: &[Arc<str>]) -> Option<Arc<str>> {
+        strings.get(self.index()?).cloned()
+    }
+
+    fn string(&mut self) -> Option<Arc<str>> {
+        let n = self.index()?;
+        let (head, tail) = self.0.split_at_checked(n)?;
+        self.0 = tail;
+        std::str::from_utf8(head).ok().map(Arc::from)
+    }
+}
+
+/// Decodes [`encode_delta`]'s output, naming strings from `strings` (a dictionary's strings);
+/// `None` if it is not a well-formed delta record.
+pub fn decode_delta(bytes: &[u8], strings: &[Arc<str>]) -> Option<Aggregate> {
     let mut r = Reader(bytes);
-    if r.u8()? != RECORD_VERSION {
+    if r.u8()? != RECORD_DELTA {
         return None;
     }
     let mut delta = Aggregate::new();
     while !r.0.is_empty() {
-        let metric = r.string()?;
-        let n = r.u8()? as usize;
-        let mut labels = Vec::with_capacity(n);
+        let metric = r.string_ref(strings)?;
+        let n = r.index()?;
+        let mut labels = Vec::with_capacity(n.min(16));
         for _ in 0..n {
-            labels.push((r.string()?, r.string()?));
+            labels.push((r.string_ref(strings)?, r.string_ref(strings)?));
         }
         let value = match r.u8()? {
             0 => SeriesValue::Counter { micros: r.u128()? },
             1 => {
-                let n = r.u16()? as usize;
-                let buckets = (0..n).map(|_| r.u64()).collect::<Option<Vec<u64>>>()?;
+                let len = r.u64().filter(|n| *n <= MAX_BUCKETS)? as usize;
+                let mut buckets = vec![0; len];
+                for _ in 0..r.index()? {
+                    let i = r.index()?;
+                    *buckets.get_mut(i)? = r.u64()?;
+                }
                 SeriesValue::Histogram {
                     buckets,
                     sum_micros: r.u128()?,
@@ -612,6 +802,22 @@ pub fn decode_delta(bytes: &[u8]) -> Option<Aggregate> {
         delta.add_value(SeriesKey { metric, labels }, value);
     }
     Some(delta)
+}
+
+/// Applies a strings record to the dictionary `strings` of the file being read. A record may
+/// start below the end (a new process numbers from 0 again), never above it.
+fn decode_strings(bytes: &[u8], strings: &mut Vec<Arc<str>>) -> Option<()> {
+    let mut r = Reader(bytes);
+    if r.u8()? != RECORD_STRINGS {
+        return None;
+    }
+    let first = r.index().filter(|f| *f <= strings.len())?;
+    let count = r.index()?;
+    strings.truncate(first);
+    for _ in 0..count {
+        strings.push(r.string()?);
+    }
+    r.0.is_empty().then_some(())
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -641,18 +847,111 @@ mod tests {
     fn records_round_trip_and_garbage_is_refused() {
         let mut d = pum_shared::conformance::delta(3);
         d.add_counter(SeriesKey::new("c", &[("k", "ü\"v")]), u128::MAX);
+        d.add_value(
+            SeriesKey::new("h", &[]),
+            SeriesValue::Histogram {
+                buckets: vec![0, 7, 0, u64::MAX],
+                sum_micros: 1,
+            },
+        );
+        let mut dict = Dictionary::new();
         let mut bytes = Vec::new();
-        encode_delta(&d, &mut bytes);
-        assert_eq!(decode_delta(&bytes).as_ref(), Some(&d));
+        encode_delta(&d, &mut dict, &mut bytes);
+        assert_eq!(decode_delta(&bytes, dict.strings()).as_ref(), Some(&d));
+        // The strings travel in their own record, which a fresh reader can load.
+        let mut defs = Vec::new();
+        encode_strings(0, dict.strings(), &mut defs);
+        let mut strings = Vec::new();
+        assert_eq!(decode_strings(&defs, &mut strings), Some(()));
+        assert_eq!(strings, dict.strings());
+        assert_eq!(decode_delta(&bytes, &strings).as_ref(), Some(&d));
+        // A second delta reuses the numbers: no new strings.
+        let before = dict.len();
+        encode_delta(&d, &mut dict, &mut Vec::new());
+        assert_eq!(dict.len(), before);
         for cut in 0..bytes.len() {
             // A cut record decodes to nothing, or (cut between two series) to fewer series; the
             // frame's length and CRC keep such a record from being replayed.
-            if let Some(partial) = decode_delta(&bytes[..cut]) {
+            if let Some(partial) = decode_delta(&bytes[..cut], &strings) {
                 assert!(partial.len() < d.len(), "cut at {cut}");
             }
         }
-        assert_eq!(decode_delta(&[2]), None);
-        assert_eq!(decode_delta(&[1, 1, 0, b'x', 0, 9]), None);
+        // Unknown record byte, a number with no string, a strings record past the end.
+        assert_eq!(decode_delta(&[1], &strings), None);
+        assert_eq!(decode_delta(&[RECORD_DELTA, 200, 1], &strings), None);
+        assert_eq!(decode_strings(&[RECORD_STRINGS, 99, 0], &mut strings), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_undone_and_the_next_one_defines_its_strings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, _) = EmbeddedStore::open(dir.path()).expect("open");
+        // A read-only handle makes every write of the log fail.
+        let read_only = File::open(log_path(dir.path(), 0)).expect("log");
+        let writable = std::mem::replace(&mut s.log.lock().expect("lock").file, read_only);
+        assert!(s.merge_grouped(&delta(5)).await.is_err());
+        assert_eq!(total(&s), 0, "the failed push is taken out of memory again");
+        s.log.lock().expect("lock").file = writable;
+        // The failed write took the definition of the push's strings with it: this one must
+        // write it again, or the log would not replay.
+        s.merge_grouped(&delta(7)).await.expect("merge");
+        assert_eq!(total(&s), 7);
+        drop(s);
+        let (s, rec) = EmbeddedStore::open(dir.path()).expect("reopen");
+        assert_eq!(rec.replayed, 1);
+        assert_eq!(total(&s), 7);
+    }
+
+    #[test]
+    fn a_whole_record_that_does_not_decode_stops_start_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (s, _) = EmbeddedStore::open(dir.path()).expect("open");
+            s.merge_sync(&delta(5)).expect("merge");
+        }
+        // A well-framed record naming a string no strings record defined.
+        let mut record = Vec::new();
+        frame_into(&mut record, |out| {
+            out.extend_from_slice(&[RECORD_DELTA, 90, 0, 0, 1])
+        });
+        let log = log_path(dir.path(), 0);
+        let mut f = OpenOptions::new().append(true).open(&log).expect("log");
+        f.write_all(&record).expect("write");
+        drop(f);
+        let err = EmbeddedStore::open(dir.path()).expect_err("refuses");
+        assert!(matches!(err, OpenError::CorruptLog { .. }), "{err}");
+        assert!(err.to_string().contains("wal-"), "{err}");
+    }
+
+    #[test]
+    fn each_process_and_each_log_defines_its_strings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = |n: u128| {
+            let mut a = Aggregate::new();
+            a.add_counter(SeriesKey::new("o_total", &[("k", "v")]), n);
+            a
+        };
+        for round in 0..3u128 {
+            let (s, _) = EmbeddedStore::open(dir.path()).expect("open");
+            // Each process numbers from 0 in its own order; replay must not mix them up.
+            if round % 2 == 0 {
+                s.merge_sync(&delta(1)).expect("merge");
+                s.merge_sync(&other(10)).expect("merge");
+            } else {
+                s.merge_sync(&other(10)).expect("merge");
+                s.merge_sync(&delta(1)).expect("merge");
+            }
+            if round == 1 {
+                s.compact().expect("compact");
+                s.merge_sync(&other(10)).expect("merge");
+            }
+        }
+        let (s, _) = EmbeddedStore::open(dir.path()).expect("reopen");
+        assert_eq!(total(&s), 3);
+        let o = s
+            .with_totals(|t| t.get(&SeriesKey::new("o_total", &[("k", "v")])).cloned())
+            .expect("totals");
+        assert_eq!(o, Some(SeriesValue::Counter { micros: 40 }));
     }
 
     #[test]

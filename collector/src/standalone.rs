@@ -258,9 +258,12 @@ async fn record(State(s): State<Arc<Standalone>>, request: axum::extract::Reques
 /// `DRAIN_FACTOR * max`, so that the client gets its 413 instead of a reset connection; beyond
 /// that the connection is cut.
 async fn read_body(mut body: Body, max: usize) -> Result<Vec<u8>, BodyError> {
+    use axum::body::HttpBody;
     use http_body_util::BodyExt;
     const DRAIN_FACTOR: usize = 16;
-    let mut buf = Vec::new();
+    // Sized once from Content-Length (bounded by the limit), so a typical body is copied once.
+    let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
+    let mut buf = Vec::with_capacity(hint.min(max));
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| BodyError::Unreadable)?;
@@ -352,13 +355,31 @@ fn html(body: &'static str, csp: Option<&'static str>) -> Response {
 
 /// Turns a core response and CORS headers into an axum response.
 pub fn to_response(r: core_http::Response, cors: Vec<(&'static str, String)>) -> Response {
-    let mut builder = Response::builder().status(r.status);
+    let Ok(status) = StatusCode::from_u16(r.status) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let mut response = Response::new(Body::from(r.body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
     for (k, v) in r.headers.into_iter().chain(cors) {
-        builder = builder.header(k, v);
+        // The names pum sends on every answer are taken ready-made instead of parsed.
+        let name = match k {
+            "content-type" => header::CONTENT_TYPE,
+            "access-control-allow-origin" => header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            "vary" => header::VARY,
+            other => match header::HeaderName::from_bytes(other.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            },
+        };
+        match HeaderValue::try_from(v) {
+            Ok(value) => {
+                headers.append(name, value);
+            }
+            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
     }
-    builder
-        .body(Body::from(r.body))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    response
 }
 
 /// Runs standalone mode until `shutdown` resolves, then stops accepting, finishes in-flight

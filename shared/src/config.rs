@@ -15,7 +15,7 @@
 //! with a [`ConfigError`] naming the source, the metric and the field. The core reads no files:
 //! adapters pass each source's name and text.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -126,7 +126,7 @@ pub struct LabelSpec {
     pub other_value: Option<String>,
     /// The name and allowed values (with `otherValue`), shared by every series key.
     interned_name: Arc<str>,
-    allowed: HashSet<Arc<str>>,
+    allowed: HashSet<Arc<str>, foldhash::fast::RandomState>,
     interned_other: Option<Arc<str>>,
 }
 
@@ -221,7 +221,9 @@ impl MetricSpec {
 /// The compiled allowlist: every metric pum accepts or reports, checked.
 #[derive(Debug, Clone, Default)]
 pub struct Allowlist {
-    metrics: BTreeMap<String, MetricSpec>,
+    // Looked up by name for every sample of every push: hashed, not searched in a tree (names
+    // share long prefixes, which makes tree comparisons slow).
+    metrics: HashMap<String, MetricSpec, foldhash::fast::RandomState>,
 }
 
 impl Allowlist {
@@ -260,7 +262,9 @@ impl Allowlist {
 
     /// Every metric, by name.
     pub fn metrics(&self) -> impl Iterator<Item = &MetricSpec> {
-        self.metrics.values()
+        let mut all: Vec<&MetricSpec> = self.metrics.values().collect();
+        all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        all.into_iter()
     }
 
     /// Number of metrics, internal ones included.

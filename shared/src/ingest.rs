@@ -22,6 +22,7 @@ use std::sync::Arc;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 use crate::aggregate::{Aggregate, SeriesKey, to_micros};
 use crate::config::{Allowlist, MetricKind, MetricSpec, internal};
@@ -280,43 +281,42 @@ impl Ingest {
         if body.len() > self.limits.max_body_bytes {
             return self.refuse_body(BodyError::TooLarge);
         }
-        // The fast path reads the body once into typed samples. Anything it cannot type (a
-        // string where a number belongs, a sample that is not an object, ...) sends the push down
-        // the slow path, which reads each field on its own to name each problem.
-        let mut delta = Aggregate::new();
+        // The fast path reads the body once, recording typed samples as it goes. Anything it
+        // cannot type (a string where a number belongs, a sample that is not an object, ...)
+        // sends the push down the slow path, which starts over and reads each field on its own
+        // to name each problem. The delta has room for a typical push's series and pum's own
+        // counters, so its map never grows.
+        let mut delta = Aggregate::with_capacity(32);
         let mut accepted = 0usize;
         let mut rejected = Vec::new();
-        // UTF-8 is checked once for the whole body, so the parser need not check each string.
-        let typed = fast_path.then(|| typed_samples(body)).flatten();
-        match typed {
-            Some(samples) if (1..=self.limits.max_samples).contains(&samples.len()) => {
-                for (index, ObjectOnly(sample)) in samples.into_iter().enumerate() {
-                    self.record(ctx, index, sample, &mut delta, &mut accepted, &mut rejected);
-                }
+        let fast = fast_path
+            && Stream {
+                ingest: self,
+                ctx,
+                delta: &mut delta,
+                accepted: &mut accepted,
+                rejected: &mut rejected,
             }
-            _ => {
-                let samples = match self.raw_samples(body) {
-                    Ok(samples) => samples,
-                    Err(refusal) => return refusal,
-                };
-                for (index, raw) in samples.iter().enumerate() {
-                    let sample = raw_sample(raw);
-                    match sample {
-                        Ok(sample) => self.record(
-                            ctx,
-                            index,
-                            sample,
-                            &mut delta,
-                            &mut accepted,
-                            &mut rejected,
-                        ),
-                        Err(message) => rejected.push(Rejection {
-                            index,
-                            metric: None,
-                            reason: Reason::InvalidSample,
-                            message,
-                        }),
+            .read(body);
+        if !fast {
+            delta = Aggregate::with_capacity(32);
+            accepted = 0;
+            rejected.clear();
+            let samples = match self.raw_samples(body) {
+                Ok(samples) => samples,
+                Err(refusal) => return refusal,
+            };
+            for (index, raw) in samples.iter().enumerate() {
+                match raw_sample(raw) {
+                    Ok(sample) => {
+                        self.record(ctx, index, sample, &mut delta, &mut accepted, &mut rejected)
                     }
+                    Err(message) => rejected.push(Rejection {
+                        index,
+                        metric: None,
+                        reason: Reason::InvalidSample,
+                        message,
+                    }),
                 }
             }
         }
@@ -667,17 +667,74 @@ struct Sample<'a, V, N, O> {
 }
 
 /// A sample read in one pass, every field already of its type.
-type TypedSample<'a> = Sample<'a, Str<'a>, f64, Vec<f64>>;
+type TypedSample<'a> = Sample<'a, Str<'a>, f64, Few<f64>>;
+
+/// Observations kept inline: a sample usually carries one or two, and reading them then
+/// allocates nothing.
+type Few<T> = SmallVec<[T; 2]>;
 
 /// A sample whose fields are kept raw, so that each can be judged with its own reason.
 type RawSample<'a> = Sample<'a, &'a RawValue, &'a RawValue, &'a RawValue>;
 
-/// The fast path's parse: the whole body into typed samples, or `None` if any part does not
-/// have its type (the slow path then names each problem).
-fn typed_samples(body: &[u8]) -> Option<Vec<ObjectOnly<TypedSample<'_>>>> {
-    // UTF-8 is checked once for the whole body, so the parser need not check each string.
-    let text = std::str::from_utf8(body).ok()?;
-    serde_json::from_str(text).ok()
+/// The fast path: reads the body in one pass, recording each sample as soon as it is read.
+struct Stream<'i> {
+    ingest: &'i Ingest,
+    ctx: &'i RequestContext,
+    delta: &'i mut Aggregate,
+    accepted: &'i mut usize,
+    rejected: &'i mut Vec<Rejection>,
+}
+
+impl Stream<'_> {
+    /// Whether the whole body was read as 1 to `max_samples` typed samples. If not (a part does
+    /// not have its type, or the count is out of bounds), what was recorded must be dropped: the
+    /// slow path starts over and names each problem.
+    fn read(&mut self, body: &[u8]) -> bool {
+        // UTF-8 is checked once for the whole body, so the parser need not check each string.
+        let Ok(text) = std::str::from_utf8(body) else {
+            return false;
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        matches!(
+            de::DeserializeSeed::deserialize(&mut *self, &mut de),
+            Ok(n) if n > 0
+        ) && de.end().is_ok()
+    }
+}
+
+impl<'de> de::DeserializeSeed<'de> for &mut Stream<'_> {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for &mut Stream<'_> {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of samples")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut index = 0;
+        while let Some(ObjectOnly(sample)) = seq.next_element::<ObjectOnly<TypedSample<'de>>>()? {
+            if index == self.ingest.limits.max_samples {
+                return Err(de::Error::custom("too many samples"));
+            }
+            self.ingest.record(
+                self.ctx,
+                index,
+                sample,
+                self.delta,
+                self.accepted,
+                self.rejected,
+            );
+            index += 1;
+        }
+        Ok(index)
+    }
 }
 
 /// Reads one raw sample; the error says why it is not a sample.
@@ -748,7 +805,7 @@ impl Number for &RawValue {
 
 /// The `observations` field: 1 to `limit` numbers, each in `0..=max`.
 trait Observations {
-    fn values(self, limit: usize, max: f64) -> Result<Vec<f64>, (Reason, String)>;
+    fn values(self, limit: usize, max: f64) -> Result<Few<f64>, (Reason, String)>;
 }
 
 /// Checks the count of observations, then each observation; returns them as numbers.
@@ -756,7 +813,7 @@ fn check_observations<N: Number>(
     items: &[N],
     limit: usize,
     max: f64,
-) -> Result<Vec<f64>, (Reason, String)> {
+) -> Result<Few<f64>, (Reason, String)> {
     if items.is_empty() {
         return Err((Reason::MissingValue, "observations is empty".into()));
     }
@@ -779,8 +836,8 @@ fn check_observations<N: Number>(
         .collect()
 }
 
-impl Observations for Vec<f64> {
-    fn values(self, limit: usize, max: f64) -> Result<Vec<f64>, (Reason, String)> {
+impl Observations for Few<f64> {
+    fn values(self, limit: usize, max: f64) -> Result<Few<f64>, (Reason, String)> {
         // The same checks as for raw observations, keeping the vector the parser made.
         if self.is_empty() || self.len() > limit || self.iter().any(|v| v.number(max).is_err()) {
             return check_observations(&self, limit, max);
@@ -790,7 +847,7 @@ impl Observations for Vec<f64> {
 }
 
 impl Observations for &RawValue {
-    fn values(self, limit: usize, max: f64) -> Result<Vec<f64>, (Reason, String)> {
+    fn values(self, limit: usize, max: f64) -> Result<Few<f64>, (Reason, String)> {
         let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(self.get()) else {
             return Err((
                 Reason::InvalidValue,

@@ -449,4 +449,16 @@ fn the_fast_path_reads_well_typed_pushes_and_only_objects() {
     assert!(serde_json::from_slice::<Vec<ObjectOnly<TypedSample<'_>>>>(as_array).is_err());
     let out = ingest().push(Some("application/json"), as_array);
     assert_eq!(out.rejected[0].reason, Reason::InvalidSample);
+    // A repeated field fails the fast read too, so both paths judge it the same.
+    let twice = br#"[{"metricName":"demo_feature_usage_total","metricName":"x","metricType":"counter","inc":1}]"#;
+    assert!(serde_json::from_slice::<Vec<ObjectOnly<TypedSample<'_>>>>(twice).is_err());
+    let fast = ingest().push(Some("application/json"), twice);
+    let slow = ingest().push_inner(
+        &RequestContext::default(),
+        Some("application/json"),
+        twice,
+        false,
+    );
+    assert_eq!(fast.rejected[0].reason, Reason::InvalidSample);
+    assert_eq!(fast.body, slow.body);
 }
