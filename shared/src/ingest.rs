@@ -284,9 +284,8 @@ impl Ingest {
         // The fast path reads the body once, recording typed samples as it goes. Anything it
         // cannot type (a string where a number belongs, a sample that is not an object, ...)
         // sends the push down the slow path, which starts over and reads each field on its own
-        // to name each problem. The delta has room for a typical push's series and pum's own
-        // counters, so its map never grows.
-        let mut delta = Aggregate::with_capacity(32);
+        // to name each problem.
+        let mut delta = Aggregate::new();
         let mut accepted = 0usize;
         let mut rejected = Vec::new();
         let fast = fast_path
@@ -299,7 +298,7 @@ impl Ingest {
             }
             .read(body);
         if !fast {
-            delta = Aggregate::with_capacity(32);
+            delta = Aggregate::new();
             accepted = 0;
             rejected.clear();
             let samples = match self.raw_samples(body) {
@@ -722,6 +721,11 @@ impl<'de> Visitor<'de> for &mut Stream<'_> {
         while let Some(ObjectOnly(sample)) = seq.next_element::<ObjectOnly<TypedSample<'de>>>()? {
             if index == self.ingest.limits.max_samples {
                 return Err(de::Error::custom("too many samples"));
+            }
+            if index == 0 {
+                // Room for a typical push's series and pum's own counters, so the map never
+                // grows; made only once the body turns out to hold samples.
+                *self.delta = Aggregate::with_capacity(32);
             }
             self.ingest.record(
                 self.ctx,
