@@ -20,9 +20,9 @@
 //!
 //! Compaction rotates to a new log generation under the lock, then writes the snapshot of the
 //! totals as of the rotation (taken from memory, less the records not yet written) and deletes
-//! the older logs. A crash at any point leaves either the
-//! old snapshot and all logs since it, or the new snapshot: opening replays logs with a
-//! generation at or above the snapshot's, so nothing is lost or counted twice. A torn record at
+//! the older logs. A crash at any point leaves either the old snapshot and all logs since it, or
+//! the new snapshot: opening replays logs with a generation at or above the snapshot's, so
+//! nothing is lost or counted twice. A torn record at
 //! the end of the newest log (a crash mid-`write`) is cut off; it was never acknowledged.
 
 use std::collections::HashMap;
@@ -168,7 +168,8 @@ pub struct Recovery {
 }
 
 /// Reads the snapshot and replays the logs from its generation on; logs older than the
-/// snapshot are deleted, and a torn tail is cut off the newest log. Returns the totals, the newest generation seen and what was replayed.
+/// snapshot are deleted, and a torn tail is cut off the newest log. Returns the totals, the
+/// newest generation seen and what was replayed.
 fn load(dir: &Path) -> Result<(Aggregate, u64, Recovery), OpenError> {
     let snap_path = dir.join("snapshot.json");
     let (mut totals, generation) = match fs::read_to_string(&snap_path) {
@@ -452,7 +453,7 @@ impl EmbeddedStore {
     pub fn compact(&self) -> Result<(), StoreError> {
         let unavailable =
             |what: &str, e: io::Error| StoreError::Unavailable(format!("{what}: {e}"));
-        let (new_gen, totals) = {
+        let (new_gen, totals, old) = {
             let q = Self::locked(&self.queue)?;
             let mut log = Self::locked(&self.log)?;
             let new_gen = log.generation + 1;
@@ -473,9 +474,6 @@ impl EmbeddedStore {
                     written,
                 },
             );
-            old.file
-                .sync_data()
-                .map_err(|e| unavailable("syncing the log", e))?;
             let mut totals = Self::locked(&self.totals)?.clone();
             let mut unwritten = q.buf.clone();
             if let Some((batch, records)) = &q.in_flight
@@ -486,8 +484,12 @@ impl EmbeddedStore {
             if !unwritten.is_empty() {
                 totals.subtract(&self.decode_own(&unwritten));
             }
-            (new_gen, totals)
+            (new_gen, totals, old)
         };
+        // Outside the locks: pushes keep flowing while the disk works.
+        old.file
+            .sync_data()
+            .map_err(|e| unavailable("syncing the log", e))?;
         let text = serde_json::to_string(&SnapshotOut {
             generation: new_gen,
             totals: Snapshot::from(&totals),
