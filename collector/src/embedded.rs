@@ -632,7 +632,30 @@ pub struct Dictionary {
     /// hands out the allowlist's shared strings, so almost every lookup is found here without
     /// hashing the string. An address cannot be reused while `strings` holds its `Arc`.
     by_address: HashMap<usize, u32, foldhash::fast::RandomState>,
+    /// The addresses of `by_address` found most recently, one per slot: a push names the same
+    /// few dozen strings as the one before, so most lookups end here.
+    recent: Recent,
     strings: Vec<Arc<str>>,
+}
+
+/// A direct-mapped cache of `(address, number)`; address 0 (never an `Arc`'s) marks a free slot.
+#[derive(Debug)]
+struct Recent(Box<[(usize, u32); RECENT]>);
+
+/// Slots of [`Recent`].
+const RECENT: usize = 256;
+
+impl Default for Recent {
+    fn default() -> Self {
+        Recent(Box::new([(0, 0); RECENT]))
+    }
+}
+
+impl Recent {
+    fn slot(address: usize) -> usize {
+        // Allocations are 16-byte aligned; fold in higher bits so neighbours spread.
+        ((address >> 4) ^ (address >> 12)) % RECENT
+    }
 }
 
 impl Dictionary {
@@ -644,7 +667,13 @@ impl Dictionary {
     /// The number of `s`, given out now if `s` is new.
     fn id(&mut self, s: &Arc<str>) -> u32 {
         let address = Arc::as_ptr(s).cast::<u8>() as usize;
+        let slot = Recent::slot(address);
+        let (cached, id) = self.recent.0[slot];
+        if cached == address {
+            return id;
+        }
         if let Some(id) = self.by_address.get(&address) {
+            self.recent.0[slot] = (address, *id);
             return *id;
         }
         if let Some(id) = self.ids.get(s) {
@@ -654,6 +683,7 @@ impl Dictionary {
         self.strings.push(Arc::clone(s));
         self.ids.insert(Arc::clone(s), id);
         self.by_address.insert(address, id);
+        self.recent.0[slot] = (address, id);
         id
     }
 
@@ -731,9 +761,9 @@ pub fn encode_delta(delta: &Aggregate, dict: &mut Dictionary, out: &mut Vec<u8>)
     out.reserve(16 * delta.len() + 1);
     out.push(RECORD_DELTA);
     for (key, value) in delta.iter_unordered() {
-        put_varint(out, dict.id(&key.metric).into());
-        put_varint(out, key.labels.len() as u128);
-        for (k, v) in &key.labels {
+        put_varint(out, dict.id(key.metric()).into());
+        put_varint(out, key.labels().len() as u128);
+        for (k, v) in key.labels() {
             put_varint(out, dict.id(k).into());
             put_varint(out, dict.id(v).into());
         }
@@ -809,7 +839,7 @@ pub fn decode_delta(bytes: &[u8], strings: &[Arc<str>]) -> Option<Aggregate> {
     while !r.0.is_empty() {
         let metric = r.string_ref(strings)?;
         let n = r.index()?;
-        let mut labels = Vec::with_capacity(n.min(16));
+        let mut labels = smallvec::SmallVec::with_capacity(n.min(16));
         for _ in 0..n {
             labels.push((r.string_ref(strings)?, r.string_ref(strings)?));
         }
@@ -829,7 +859,7 @@ pub fn decode_delta(bytes: &[u8], strings: &[Arc<str>]) -> Option<Aggregate> {
             }
             _ => return None,
         };
-        delta.add_value(SeriesKey { metric, labels }, value);
+        delta.add_value(SeriesKey::from_parts(metric, labels), value);
     }
     Some(delta)
 }
@@ -871,6 +901,24 @@ mod tests {
                 _ => 0,
             })
             .expect("totals")
+    }
+
+    #[test]
+    fn the_dictionary_numbers_strings_by_content_whatever_their_arc() {
+        let mut dict = Dictionary::new();
+        let kept: Vec<Arc<str>> = (0..600).map(|i| Arc::from(format!("s{i}"))).collect();
+        let ids: Vec<u32> = kept.iter().map(|s| dict.id(s)).collect();
+        assert_eq!(ids, (0..600).collect::<Vec<u32>>());
+        for round in 0..3 {
+            for (i, s) in kept.iter().enumerate() {
+                // The same `Arc` (found by address), and a copy made and freed right away, whose
+                // address the next copy may reuse for another string.
+                assert_eq!(dict.id(s), i as u32, "round {round}");
+                let copy: Arc<str> = Arc::from(&**s);
+                assert_eq!(dict.id(&copy), i as u32, "round {round}");
+            }
+        }
+        assert_eq!(dict.len(), 600);
     }
 
     #[test]

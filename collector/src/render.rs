@@ -81,12 +81,12 @@ pub fn families(
     for (key, value) in totals.iter() {
         if current
             .as_ref()
-            .is_none_or(|(spec, _)| *spec.name != *key.metric)
+            .is_none_or(|(spec, _)| *spec.name != **key.metric())
         {
             if let Some((spec, metrics)) = current.take() {
                 out.push(family(spec, metrics));
             }
-            current = allowlist.get(&key.metric).map(|spec| (spec, Vec::new()));
+            current = allowlist.get(key.metric()).map(|spec| (spec, Vec::new()));
         }
         match current
             .as_mut()
@@ -120,7 +120,7 @@ fn family(spec: &MetricSpec, metrics: Vec<proto::Metric>) -> proto::MetricFamily
 fn metric(spec: &MetricSpec, key: &SeriesKey, value: &SeriesValue) -> Option<proto::Metric> {
     let mut m = proto::Metric::default();
     m.set_label(
-        key.labels
+        key.labels()
             .iter()
             .map(|(k, v)| {
                 let mut p = proto::LabelPair::default();

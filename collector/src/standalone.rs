@@ -4,13 +4,14 @@
 //! [`run`] takes its listeners and its shutdown signal from the caller, so tests bind port 0 and
 //! stop the server when they like.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -144,7 +145,10 @@ pub fn ingest_app(state: Arc<Standalone>) -> Router {
             axum::routing::post(record)
                 .options(preflight)
                 .fallback(|| async {
-                    to_response(core_http::method_not_allowed("POST, OPTIONS"), Vec::new())
+                    to_response(
+                        core_http::method_not_allowed("POST, OPTIONS"),
+                        core_http::Headers::new(),
+                    )
                 }),
         )
         .route("/healthz", get(healthz))
@@ -169,7 +173,7 @@ pub fn ingest_app(state: Arc<Standalone>) -> Router {
                 )
             }),
         )
-        .fallback(|| async { to_response(core_http::not_found(), Vec::new()) })
+        .fallback(|| async { to_response(core_http::not_found(), core_http::Headers::new()) })
         .with_state(state)
 }
 
@@ -186,7 +190,7 @@ pub fn metrics_app(registry: Registry, token: Option<String>) -> Router {
             }),
         )
         .route("/healthz", get(healthz))
-        .fallback(|| async { to_response(core_http::not_found(), Vec::new()) })
+        .fallback(|| async { to_response(core_http::not_found(), core_http::Headers::new()) })
 }
 
 async fn scrape(registry: Arc<Registry>, token: Option<&str>, headers: &HeaderMap) -> Response {
@@ -199,7 +203,7 @@ async fn scrape(registry: Arc<Registry>, token: Option<&str>, headers: &HeaderMa
             let mut r =
                 core_http::Response::error(401, "unauthorized", "a valid bearer token is required");
             r.headers.push(("www-authenticate", "Bearer".into()));
-            return to_response(r, Vec::new());
+            return to_response(r, core_http::Headers::new());
         }
     }
     // Rendering 100k series takes tens of milliseconds: keep it off the async workers.
@@ -214,7 +218,7 @@ async fn scrape(registry: Arc<Registry>, token: Option<&str>, headers: &HeaderMa
         Ok(Ok(buf)) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response(),
         _ => to_response(
             core_http::Response::error(500, "render_failed", "the metrics could not be rendered"),
-            Vec::new(),
+            core_http::Headers::new(),
         ),
     }
 }
@@ -222,7 +226,7 @@ async fn scrape(registry: Arc<Registry>, token: Option<&str>, headers: &HeaderMa
 async fn healthz() -> Response {
     to_response(
         core_http::Response::json(200, r#"{"status":"ok"}"#.into()),
-        Vec::new(),
+        core_http::Headers::new(),
     )
 }
 
@@ -257,35 +261,48 @@ async fn record(State(s): State<Arc<Standalone>>, request: axum::extract::Reques
 /// Reads at most `max` bytes of body. A larger body is still read (and dropped) up to
 /// `DRAIN_FACTOR * max`, so that the client gets its 413 instead of a reset connection; beyond
 /// that the connection is cut.
-async fn read_body(mut body: Body, max: usize) -> Result<Vec<u8>, BodyError> {
+async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
     use axum::body::HttpBody;
     use http_body_util::BodyExt;
     const DRAIN_FACTOR: usize = 16;
-    // Sized once from Content-Length (bounded by the limit), so a typical body is copied once.
-    let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
-    let mut buf = Vec::with_capacity(hint.min(max));
+    // A body that arrives as one frame (a beacon read with its headers) is kept as it is; only a
+    // body in several frames is copied together, into a buffer sized from Content-Length.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| BodyError::Unreadable)?;
-        if let Ok(data) = frame.into_data() {
-            total = total.saturating_add(data.len());
-            if total <= max {
-                buf.extend_from_slice(&data);
-            } else if total > max.saturating_mul(DRAIN_FACTOR) {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > max {
+            if total > max.saturating_mul(DRAIN_FACTOR) {
                 return Err(BodyError::TooLarge);
             }
+            continue;
         }
+        if first.is_none() && joined.is_empty() {
+            first = Some(data);
+            continue;
+        }
+        if let Some(earlier) = first.take() {
+            let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
+            joined.reserve((earlier.len() + data.len() + hint).min(max));
+            joined.extend_from_slice(&earlier);
+        }
+        joined.extend_from_slice(&data);
     }
     if total > max {
         return Err(BodyError::TooLarge);
     }
-    Ok(buf)
+    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
 }
 
 async fn store_and_answer(
     s: &Standalone,
     outcome: PushOutcome,
-    cors: Vec<(&'static str, String)>,
+    cors: core_http::Headers,
 ) -> Response {
     let timer = s.telemetry.store_write_seconds.start_timer();
     let stored = s.store.merge("", &outcome.delta).await;
@@ -309,7 +326,7 @@ async fn store_and_answer(
 async fn preflight(State(s): State<Arc<Standalone>>, headers: HeaderMap) -> Response {
     to_response(
         s.cors.preflight(header_str(&headers, header::ORIGIN)),
-        Vec::new(),
+        core_http::Headers::new(),
     )
 }
 
@@ -354,7 +371,7 @@ fn html(body: &'static str, csp: Option<&'static str>) -> Response {
 }
 
 /// Turns a core response and CORS headers into an axum response.
-pub fn to_response(r: core_http::Response, cors: Vec<(&'static str, String)>) -> Response {
+pub fn to_response(r: core_http::Response, cors: core_http::Headers) -> Response {
     let Ok(status) = StatusCode::from_u16(r.status) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
@@ -372,7 +389,11 @@ pub fn to_response(r: core_http::Response, cors: Vec<(&'static str, String)>) ->
                 Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
             },
         };
-        match HeaderValue::try_from(v) {
+        let value = match v {
+            Cow::Borrowed(v) => Ok(HeaderValue::from_static(v)),
+            Cow::Owned(v) => HeaderValue::try_from(v),
+        };
+        match value {
             Ok(value) => {
                 headers.append(name, value);
             }

@@ -427,3 +427,59 @@ fn check_config_accepts_the_seed_format_directory() {
     );
     assert!(!text.contains("browser_lcp_seconds"), "{text}");
 }
+
+/// Sends `body` to `/record` as a chunked request, one chunk per part, each written on its own
+/// so that the server receives them as separate frames; returns the status line and the body.
+async fn push_in_chunks(server: &Server, parts: &[&[u8]]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.ingest.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let head = format!(
+        "POST /record HTTP/1.1\r\nhost: {addr}\r\ncontent-type: text/plain\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    for part in parts {
+        let mut chunk = format!("{:x}\r\n", part.len()).into_bytes();
+        chunk.extend_from_slice(part);
+        chunk.extend_from_slice(b"\r\n");
+        tcp.write_all(&chunk).await.expect("chunk");
+        tcp.flush().await.expect("flush");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tcp.write_all(b"0\r\n\r\n").await.expect("last chunk");
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.expect("answer");
+    let answer = String::from_utf8(answer).expect("utf-8 answer");
+    let status = answer[9..12].parse().expect("status code");
+    let (_, body) = answer.split_once("\r\n\r\n").expect("head and body");
+    // The answer may itself be chunked; its JSON is the line that starts with `{`.
+    let json = body
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON in {answer}"));
+    (status, serde_json::from_str(json).expect("JSON answer"))
+}
+
+#[tokio::test]
+async fn a_body_sent_in_chunks_is_read_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &["--max-body-bytes", "4096"]);
+    let body = batch(0).to_string();
+    let bytes = body.as_bytes();
+    let (a, rest) = bytes.split_at(bytes.len() / 3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    let (status, answer) = push_in_chunks(&server, &[a, b, c]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rejected"], json!([]), "{answer}");
+    let scrape = server.scrape(&client()).await;
+    assert_totals(&scrape, &expected_totals(&[batch(0)]));
+    // Over the limit in total, though every chunk is under it: refused whole, nothing counted.
+    let big = vec![b' '; 3000];
+    let (status, answer) = push_in_chunks(&server, &[&big, &big, bytes]).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"], "body_too_large");
+    let scrape = server.scrape(&client()).await;
+    assert_totals(&scrape, &expected_totals(&[batch(0)]));
+}

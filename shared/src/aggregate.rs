@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// Fixed-point units per unit of a value: values are kept in millionths.
 pub const MICROS_PER_UNIT: f64 = 1_000_000.0;
@@ -37,27 +38,94 @@ pub fn micros_to_f64(micros: u128) -> f64 {
 /// Identifies one series: a metric name and its label pairs, sorted by label name.
 ///
 /// The strings are shared (`Arc<str>`): the ingest takes them from the compiled allowlist, so
-/// building a push's keys copies no string.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SeriesKey {
-    /// The metric name.
-    pub metric: Arc<str>,
-    /// Label pairs sorted by name; labels a push did not set are absent.
-    pub labels: Vec<(Arc<str>, Arc<str>)>,
+/// building a push's keys copies no string. The key itself is shared too, with a hash of its
+/// content computed once when it is built: a push's key is looked up in its delta and then in a
+/// store's totals, and cloning a key (pum's own counters, every new series a store keeps) or
+/// hashing it then costs no more than for a number.
+#[derive(Clone)]
+pub struct SeriesKey(Arc<KeyParts>);
+
+struct KeyParts {
+    metric: Arc<str>,
+    labels: SmallVec<[(Arc<str>, Arc<str>); 2]>,
+    hash: u64,
 }
 
 impl SeriesKey {
     /// A key with the given labels (sorted here, so callers may pass any order).
     pub fn new(metric: impl Into<Arc<str>>, labels: &[(&str, &str)]) -> Self {
-        let mut labels: Vec<(Arc<str>, Arc<str>)> = labels
-            .iter()
-            .map(|(k, v)| (Arc::from(*k), Arc::from(*v)))
-            .collect();
-        labels.sort();
-        SeriesKey {
-            metric: metric.into(),
-            labels,
+        Self::from_parts(
+            metric.into(),
+            labels
+                .iter()
+                .map(|(k, v)| (Arc::from(*k), Arc::from(*v)))
+                .collect(),
+        )
+    }
+
+    /// A key from shared strings; the labels are sorted here if they are not yet.
+    pub fn from_parts(metric: Arc<str>, mut labels: SmallVec<[(Arc<str>, Arc<str>); 2]>) -> Self {
+        if !labels.is_sorted() {
+            labels.sort();
         }
+        let hash = std::hash::BuildHasher::hash_one(
+            &foldhash::fast::FixedState::with_seed(0x7075_6d5f_6b65_7973),
+            (&*metric, labels.as_slice()),
+        );
+        SeriesKey(Arc::new(KeyParts {
+            metric,
+            labels,
+            hash,
+        }))
+    }
+
+    /// The metric name.
+    pub fn metric(&self) -> &Arc<str> {
+        &self.0.metric
+    }
+
+    /// Label pairs sorted by name; labels a push did not set are absent.
+    pub fn labels(&self) -> &[(Arc<str>, Arc<str>)] {
+        &self.0.labels
+    }
+}
+
+impl PartialEq for SeriesKey {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        // Different hashes settle almost every comparison of different keys.
+        self.0.hash == other.0.hash
+            && (Arc::ptr_eq(&self.0, &other.0)
+                || (self.0.metric == other.0.metric && self.0.labels == other.0.labels))
+    }
+}
+
+impl Eq for SeriesKey {}
+
+impl std::hash::Hash for SeriesKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl Ord for SeriesKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.metric(), self.labels()).cmp(&(other.metric(), other.labels()))
+    }
+}
+
+impl PartialOrd for SeriesKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Debug for SeriesKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeriesKey")
+            .field("metric", self.metric())
+            .field("labels", &self.labels())
+            .finish()
     }
 }
 
@@ -145,11 +213,111 @@ impl SeriesValue {
 /// A set of series with their values: a push's delta, or a store's cumulative totals.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Aggregate {
-    // A hash map: a push looks up each of its series in the totals, where hashing a key beats
-    // the string comparisons of a tree search; the few callers that need key order sort. Keys are
-    // bounded by the allowlist, so a fast seeded hash (foldhash) serves better than SipHash,
-    // whose resistance to crafted keys buys nothing here and cost a fifth of a push's CPU.
-    series: HashMap<SeriesKey, SeriesValue, foldhash::fast::RandomState>,
+    series: SeriesMap,
+}
+
+/// A small aggregate ([`Aggregate::small`]) moves its series to a hash map past this many.
+const FEW: usize = 32;
+
+/// The series of an aggregate. A push's delta holds a few dozen series at most: a vector holds
+/// them in one small allocation, and a lookup compares the keys' cached hashes one after the
+/// other, which beats building, probing and freeing a hash table for every push. Other
+/// aggregates (a store's totals), and a small one past [`FEW`] series, use a hash map, where a
+/// lookup hashes the key once and compares it with a candidate or two. Keys are bounded by the
+/// allowlist, so the map's fast seeded hash (foldhash) serves better than SipHash, whose
+/// resistance to crafted keys buys nothing here.
+#[derive(Clone, Debug)]
+enum SeriesMap {
+    Few(Vec<(SeriesKey, SeriesValue)>),
+    Many(HashMap<SeriesKey, SeriesValue, foldhash::fast::RandomState>),
+}
+
+impl Default for SeriesMap {
+    fn default() -> Self {
+        SeriesMap::Many(HashMap::default())
+    }
+}
+
+impl PartialEq for SeriesMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+impl Eq for SeriesMap {}
+
+impl SeriesMap {
+    fn len(&self) -> usize {
+        match self {
+            SeriesMap::Few(v) => v.len(),
+            SeriesMap::Many(m) => m.len(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&SeriesKey, &SeriesValue)> {
+        let (few, many) = match self {
+            SeriesMap::Few(v) => (Some(v.iter().map(|(k, v)| (k, v))), None),
+            SeriesMap::Many(m) => (None, Some(m.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    fn get(&self, key: &SeriesKey) -> Option<&SeriesValue> {
+        match self {
+            SeriesMap::Few(v) => v.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            SeriesMap::Many(m) => m.get(key),
+        }
+    }
+
+    fn get_mut(&mut self, key: &SeriesKey) -> Option<&mut SeriesValue> {
+        match self {
+            SeriesMap::Few(v) => v.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
+            SeriesMap::Many(m) => m.get_mut(key),
+        }
+    }
+
+    /// Adds a series that is not there yet.
+    fn insert_new(&mut self, key: SeriesKey, value: SeriesValue) -> &mut SeriesValue {
+        if let SeriesMap::Few(v) = self
+            && v.len() == FEW
+        {
+            let mut m = HashMap::with_capacity_and_hasher(4 * FEW, Default::default());
+            m.extend(v.drain(..));
+            *self = SeriesMap::Many(m);
+        }
+        match self {
+            SeriesMap::Few(v) => {
+                v.push((key, value));
+                let last = v.len() - 1;
+                &mut v[last].1
+            }
+            SeriesMap::Many(m) => match m.entry(key) {
+                Entry::Vacant(e) => e.insert(value),
+                Entry::Occupied(e) => {
+                    let slot = e.into_mut();
+                    *slot = value;
+                    slot
+                }
+            },
+        }
+    }
+
+    /// The value of `key`, made by `new` if the series is not there yet.
+    fn get_or_insert_with(
+        &mut self,
+        key: SeriesKey,
+        new: impl FnOnce() -> SeriesValue,
+    ) -> &mut SeriesValue {
+        let found = match self {
+            SeriesMap::Few(v) => v.iter().position(|(k, _)| *k == key),
+            SeriesMap::Many(_) => None,
+        };
+        match (self, found) {
+            (SeriesMap::Few(v), Some(i)) => &mut v[i].1,
+            (SeriesMap::Many(m), _) => m.entry(key).or_insert_with(new),
+            (this, None) => this.insert_new(key, new()),
+        }
+    }
 }
 
 impl Aggregate {
@@ -161,7 +329,18 @@ impl Aggregate {
     /// An empty aggregate with room for `series` series.
     pub fn with_capacity(series: usize) -> Self {
         Aggregate {
-            series: HashMap::with_capacity_and_hasher(series, Default::default()),
+            series: SeriesMap::Many(HashMap::with_capacity_and_hasher(
+                series,
+                Default::default(),
+            )),
+        }
+    }
+
+    /// An empty aggregate for a few series, such as one push's delta, with room for `series`.
+    /// It keeps them in a vector (see [`SeriesMap`]) until it holds more than a few dozen.
+    pub fn small(series: usize) -> Self {
+        Aggregate {
+            series: SeriesMap::Few(Vec::with_capacity(series.min(FEW))),
         }
     }
 
@@ -172,7 +351,7 @@ impl Aggregate {
 
     /// Whether there are no series.
     pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
+        self.series.len() == 0
     }
 
     /// The series in key order (series of one metric are contiguous).
@@ -207,8 +386,7 @@ impl Aggregate {
     ) {
         let value = self
             .series
-            .entry(key)
-            .or_insert_with(|| SeriesValue::Histogram {
+            .get_or_insert_with(key, || SeriesValue::Histogram {
                 buckets: vec![0; bucket_count],
                 sum_micros: 0,
             });
@@ -229,21 +407,21 @@ impl Aggregate {
 
     /// Adds one series value.
     pub fn add_value(&mut self, key: SeriesKey, value: SeriesValue) {
-        match self.series.entry(key) {
-            Entry::Vacant(v) => {
-                v.insert(value);
+        match self.series.get_mut(&key) {
+            Some(mine) => mine.add(&value),
+            None => {
+                self.series.insert_new(key, value);
             }
-            Entry::Occupied(mut o) => o.get_mut().add(&value),
         }
     }
 
     /// Adds every series of `other` into `self`. Commutative and associative.
     pub fn merge(&mut self, other: &Aggregate) {
-        for (key, value) in &other.series {
+        for (key, value) in other.series.iter() {
             match self.series.get_mut(key) {
                 Some(mine) => mine.add(value),
                 None => {
-                    self.series.insert(key.clone(), value.clone());
+                    self.series.insert_new(key.clone(), value.clone());
                 }
             }
         }
@@ -252,7 +430,7 @@ impl Aggregate {
     /// Undoes a [`Aggregate::merge`] of `other` (a store whose write failed after it merged in
     /// memory). Series the merge created stay, at zero.
     pub fn subtract(&mut self, other: &Aggregate) {
-        for (key, value) in &other.series {
+        for (key, value) in other.series.iter() {
             if let Some(mine) = self.series.get_mut(key) {
                 mine.combine(value, u64::saturating_sub, u128::saturating_sub);
             }
@@ -263,11 +441,11 @@ impl Aggregate {
     /// folds each read of a shard into what it saw before, so a stale read never makes a counter
     /// go backwards.
     pub fn merge_max(&mut self, other: &Aggregate) {
-        for (key, value) in &other.series {
+        for (key, value) in other.series.iter() {
             match self.series.get_mut(key) {
                 Some(mine) => mine.max_with(value),
                 None => {
-                    self.series.insert(key.clone(), value.clone());
+                    self.series.insert_new(key.clone(), value.clone());
                 }
             }
         }
@@ -341,13 +519,13 @@ impl From<&Aggregate> for Snapshot {
             .iter()
             .map(|(key, value)| {
                 let labels = key
-                    .labels
+                    .labels()
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect();
                 match value {
                     SeriesValue::Counter { micros } => SnapshotSeries {
-                        metric: key.metric.to_string(),
+                        metric: key.metric().to_string(),
                         labels,
                         counter: Some(micros.to_string()),
                         buckets: None,
@@ -357,7 +535,7 @@ impl From<&Aggregate> for Snapshot {
                         buckets,
                         sum_micros,
                     } => SnapshotSeries {
-                        metric: key.metric.to_string(),
+                        metric: key.metric().to_string(),
                         labels,
                         counter: None,
                         buckets: Some(buckets.clone()),
@@ -398,14 +576,13 @@ impl TryFrom<Snapshot> for Aggregate {
                     ));
                 }
             };
-            let key = SeriesKey {
-                metric: s.metric.into(),
-                labels: s
-                    .labels
+            let key = SeriesKey::from_parts(
+                s.metric.into(),
+                s.labels
                     .into_iter()
                     .map(|(k, v)| (k.into(), v.into()))
                     .collect(),
-            };
+            );
             agg.add_value(key, value);
         }
         Ok(agg)
@@ -435,7 +612,7 @@ mod tests {
     #[test]
     fn counters_and_histograms_add() {
         let k = SeriesKey::new("c", &[("b", "2"), ("a", "1")]);
-        assert_eq!(&*k.labels[0].0, "a");
+        assert_eq!(&*k.labels()[0].0, "a");
         let mut a = Aggregate::new();
         a.add_counter(k.clone(), 3);
         a.add_counter(k.clone(), 4);
@@ -533,5 +710,49 @@ mod tests {
             Aggregate::from_json("[]"),
             Err(SnapshotError::Json(_))
         ));
+    }
+
+    #[test]
+    fn small_and_large_aggregates_agree() {
+        let key = |i: usize| SeriesKey::new("c", &[("i", &i.to_string())]);
+        // Grown one series at a time past the vector's size, and made large up front.
+        let mut grown = Aggregate::small(4);
+        let mut large = Aggregate::new();
+        for round in 0..3u128 {
+            for i in 0..3 * FEW {
+                let mut delta = Aggregate::small(2);
+                delta.add_counter(key(i), round + i as u128);
+                delta.observe_all(SeriesKey::new("h", &[]), 2, [(i % 2, 5)]);
+                grown.merge(&delta);
+                large.merge(&delta);
+            }
+        }
+        assert!(matches!(grown.series, SeriesMap::Many(_)));
+        assert_eq!(grown.len(), 3 * FEW + 1);
+        assert_eq!(grown, large);
+        for i in 0..3 * FEW {
+            let want = 3 * i as u128 + 3;
+            assert_eq!(
+                grown.get(&key(i)),
+                Some(&SeriesValue::Counter { micros: want })
+            );
+        }
+        let n = 3 * 3 * FEW as u64;
+        assert_eq!(
+            grown.get(&SeriesKey::new("h", &[])),
+            Some(&hist(&[n / 2, n / 2], 5 * n as u128))
+        );
+        // A small aggregate equals a large one with the same series, whatever their order.
+        let mut few = Aggregate::small(FEW);
+        let mut many = Aggregate::new();
+        for i in 0..FEW {
+            few.add_counter(key(i), 1);
+            many.add_counter(key(FEW - 1 - i), 1);
+        }
+        assert!(matches!(few.series, SeriesMap::Few(_)));
+        assert!(matches!(many.series, SeriesMap::Many(_)));
+        assert_eq!(few, many);
+        many.add_counter(key(0), 1);
+        assert_ne!(few, many);
     }
 }

@@ -2,6 +2,13 @@
 //! error bodies for unknown paths and methods. Adapters turn [`Response`] into their platform's
 //! response type.
 
+use std::borrow::Cow;
+
+use smallvec::SmallVec;
+
+/// Response headers: names, and values that are mostly constants (kept without copying).
+pub type Headers = SmallVec<[(&'static str, Cow<'static, str>); 2]>;
+
 /// Seconds a client is asked to wait after a store failure.
 pub const RETRY_AFTER_SECONDS: u32 = 1;
 
@@ -16,7 +23,7 @@ pub struct Response {
     /// Status code.
     pub status: u16,
     /// Headers, besides CORS (added by the adapter from [`Cors::headers`]).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Headers,
     /// JSON body (empty for 204).
     pub body: String,
 }
@@ -26,7 +33,7 @@ impl Response {
     pub fn json(status: u16, body: String) -> Self {
         Response {
             status,
-            headers: vec![("content-type", "application/json".into())],
+            headers: smallvec::smallvec![("content-type", "application/json".into())],
             body,
         }
     }
@@ -47,7 +54,7 @@ pub fn store_unavailable() -> Response {
         "the push could not be stored and nothing of it was applied; retry later",
     );
     r.headers
-        .push(("retry-after", RETRY_AFTER_SECONDS.to_string()));
+        .push(("retry-after", RETRY_AFTER_SECONDS.to_string().into()));
     r
 }
 
@@ -59,7 +66,7 @@ pub fn not_found() -> Response {
 /// 405 for a known path with the wrong method.
 pub fn method_not_allowed(allow: &'static str) -> Response {
     let mut r = Response::error(405, "method_not_allowed", &format!("use {allow}"));
-    r.headers.push(("allow", allow.to_owned()));
+    r.headers.push(("allow", allow.into()));
     r
 }
 
@@ -100,15 +107,15 @@ impl Cors {
     }
 
     /// CORS headers for an answer to a request with this `Origin`.
-    pub fn headers(&self, origin: Option<&str>) -> Vec<(&'static str, String)> {
+    pub fn headers(&self, origin: Option<&str>) -> Headers {
         match self {
-            Cors::Any => vec![("access-control-allow-origin", "*".into())],
+            Cors::Any => smallvec::smallvec![("access-control-allow-origin", "*".into())],
             Cors::List(_) => match origin {
-                Some(o) if self.allows(Some(o)) => vec![
-                    ("access-control-allow-origin", o.to_owned()),
+                Some(o) if self.allows(Some(o)) => smallvec::smallvec![
+                    ("access-control-allow-origin", o.to_owned().into()),
                     ("vary", "Origin".into()),
                 ],
-                _ => vec![("vary", "Origin".into())],
+                _ => smallvec::smallvec![("vary", "Origin".into())],
             },
         }
     }

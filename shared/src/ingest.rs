@@ -414,11 +414,11 @@ impl Ingest {
     }
 
     /// Checks one sample and records it in `delta`, or its rejection.
-    fn record<'a, V: Field<'a>, N: Number, O: Observations>(
+    fn record<'a, K: LabelName, V: Field<'a>, N: Number, O: Observations>(
         &self,
         ctx: &RequestContext,
         index: usize,
-        sample: Sample<'a, V, N, O>,
+        sample: Sample<K, V, N, O>,
         delta: &mut Aggregate,
         accepted: &mut usize,
         rejected: &mut Vec<Rejection>,
@@ -450,10 +450,10 @@ impl Ingest {
 
     /// Validates one sample and, if valid, adds it to `delta`. The same checks, in the same
     /// order, whichever path decoded the sample.
-    fn check<'a, V: Field<'a>, N: Number, O: Observations>(
+    fn check<'a, K: LabelName, V: Field<'a>, N: Number, O: Observations>(
         &self,
         ctx: &RequestContext,
-        sample: Sample<'a, V, N, O>,
+        sample: Sample<K, V, N, O>,
         delta: &mut Aggregate,
     ) -> Result<(), (Option<String>, Reason, String)> {
         let name = match sample.metric_name {
@@ -545,13 +545,15 @@ impl Ingest {
         Ok(())
     }
 
-    fn series_key<'a, V: Field<'a>>(
+    fn series_key<'a, K: LabelName, V: Field<'a>>(
         &self,
         ctx: &RequestContext,
         spec: &MetricSpec,
-        labels: Option<Labels<'a, V>>,
+        labels: Option<Labels<K, V>>,
     ) -> Result<SeriesKey, (Reason, String)> {
-        let mut pairs: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        // The shared strings of the series, as they are found: the metric, then each label's
+        // name and value.
+        let mut pairs: SmallVec<[(&Arc<str>, &Arc<str>); 2]> = SmallVec::new();
         match labels {
             None | Some(Labels(Some(_))) => {}
             Some(Labels(None)) => {
@@ -562,15 +564,15 @@ impl Ingest {
             }
         }
         if let Some(Labels(Some(items))) = labels {
-            pairs.reserve(items.len());
-            for (Str(name), raw) in items {
-                let Some(label) = spec.label(&name).filter(|l| l.source.is_none()) else {
+            for (name, raw) in items {
+                let name = name.name();
+                let Some(label) = spec.label(name).filter(|l| l.source.is_none()) else {
                     return Err((
                         Reason::UnknownLabel,
                         format!(
                             "label {:?} is not allowed for this metric{}",
-                            cut(&name, 100),
-                            if spec.label(&name).is_some() {
+                            cut(name, 100),
+                            if spec.label(name).is_some() {
                                 " (the edge fills it in)"
                             } else {
                                 ""
@@ -602,7 +604,7 @@ impl Ingest {
                         ),
                     ));
                 };
-                pairs.push((Arc::clone(label.interned_name()), Arc::clone(value)));
+                pairs.push((label.interned_name(), value));
             }
         }
         for label in spec.labels.iter().filter(|l| l.source.is_some()) {
@@ -615,16 +617,93 @@ impl Ingest {
                 .and_then(|v| label.resolve(v))
                 .or(label.interned_other())
             {
-                pairs.push((Arc::clone(label.interned_name()), Arc::clone(value)));
+                pairs.push((label.interned_name(), value));
             }
         }
-        pairs.sort_unstable();
-        if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
-            return Err((Reason::InvalidLabels, "a label is given twice".into()));
+        let metric = spec.interned_name();
+        keys::get_or_make(metric, &pairs, || {
+            let mut owned: SmallVec<[(Arc<str>, Arc<str>); 2]> = pairs
+                .iter()
+                .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+                .collect();
+            owned.sort_unstable();
+            if owned.windows(2).any(|w| w[0].0 == w[1].0) {
+                return Err((Reason::InvalidLabels, "a label is given twice".into()));
+            }
+            Ok(SeriesKey::from_parts(Arc::clone(metric), owned))
+        })
+    }
+}
+
+/// The series keys a thread made lately, by the addresses of their shared strings.
+///
+/// A push's series are mostly the ones pushed before, named by the allowlist's shared strings:
+/// looking the key up by those addresses costs less than sorting, hashing and allocating it
+/// again, and hands out the same key the store's totals already hold (compared by pointer). An
+/// address stands for one string as long as the cached key holds that string, which it does
+/// while the entry lives, so an entry can never name another string. The cache is per thread
+/// (no lock) and direct-mapped: [`keys::SLOTS`] entries, a new key taking the place of the one
+/// in its slot.
+mod keys {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    use crate::aggregate::SeriesKey;
+
+    /// Entries per thread.
+    pub(super) const SLOTS: usize = 1024;
+
+    /// Label pairs a cached key may have; keys with more are made every time.
+    const MAX_PAIRS: usize = 2;
+
+    /// The metric's address, then each label's name and value addresses in the push's order,
+    /// then zeros.
+    type Addresses = [usize; 1 + 2 * MAX_PAIRS];
+
+    thread_local! {
+        static KEYS: RefCell<Vec<Option<(Addresses, SeriesKey)>>> = const {
+            RefCell::new(Vec::new())
+        };
+    }
+
+    fn address(s: &Arc<str>) -> usize {
+        Arc::as_ptr(s).cast::<u8>() as usize
+    }
+
+    /// The key of `metric` with `pairs`, from the cache or from `make` (whose error is passed
+    /// on and not cached).
+    pub(super) fn get_or_make<E>(
+        metric: &Arc<str>,
+        pairs: &[(&Arc<str>, &Arc<str>)],
+        make: impl FnOnce() -> Result<SeriesKey, E>,
+    ) -> Result<SeriesKey, E> {
+        if pairs.len() > MAX_PAIRS {
+            return make();
         }
-        Ok(SeriesKey {
-            metric: Arc::clone(spec.interned_name()),
-            labels: pairs,
+        let mut id: Addresses = [0; 1 + 2 * MAX_PAIRS];
+        id[0] = address(metric);
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            id[1 + 2 * i] = address(k);
+            id[2 + 2 * i] = address(v);
+        }
+        // Fibonacci hashing of the addresses picks the slot.
+        let mixed = id.iter().fold(0u64, |h, a| {
+            (h ^ *a as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        });
+        let slot = (mixed >> (64 - SLOTS.trailing_zeros())) as usize;
+        KEYS.with(|cache| {
+            if let Some(Some((cached, key))) = cache.borrow().get(slot)
+                && *cached == id
+            {
+                return Ok(key.clone());
+            }
+            let key = make()?;
+            let mut cache = cache.borrow_mut();
+            if cache.is_empty() {
+                cache.resize(SLOTS, None);
+            }
+            cache[slot] = Some((id, key.clone()));
+            Ok(key)
         })
     }
 }
@@ -650,30 +729,111 @@ fn cut(s: &str, max: usize) -> String {
 /// single pass) or raw ([`RawSample`], the slow path, where each field is judged on its own).
 #[derive(Deserialize)]
 #[serde(bound(
-    deserialize = "'de: 'a, V: Deserialize<'de>, N: Deserialize<'de>, O: Deserialize<'de>"
+    deserialize = "K: Deserialize<'de>, V: Deserialize<'de>, N: Deserialize<'de>, O: Deserialize<'de>"
 ))]
-struct Sample<'a, V, N, O> {
+struct Sample<K, V, N, O> {
     #[serde(rename = "metricName", default = "Option::default")]
     metric_name: Option<V>,
     #[serde(rename = "metricType", default = "Option::default")]
     metric_type: Option<V>,
     #[serde(default = "Option::default")]
-    labels: Option<Labels<'a, V>>,
+    labels: Option<Labels<K, V>>,
     #[serde(default = "Option::default")]
     inc: Option<N>,
     #[serde(default = "Option::default")]
     observations: Option<O>,
 }
 
-/// A sample read in one pass, every field already of its type.
-type TypedSample<'a> = Sample<'a, Str<'a>, f64, Few<f64>>;
+/// A sample read in one pass, every field already of its type and every string borrowed from
+/// the body (a string with escapes is left to the slow path).
+type TypedSample<'a> = Sample<&'a str, &'a str, f64, Few<f64>>;
 
 /// Observations kept inline: a sample usually carries one or two, and reading them then
 /// allocates nothing.
 type Few<T> = SmallVec<[T; 2]>;
 
 /// A sample whose fields are kept raw, so that each can be judged with its own reason.
-type RawSample<'a> = Sample<'a, &'a RawValue, &'a RawValue, &'a RawValue>;
+type RawSample<'a> = Sample<Str<'a>, &'a RawValue, &'a RawValue, &'a RawValue>;
+
+/// The fast path's sample. Written out rather than derived: the derived reader goes through an
+/// `Option` and a generic field for every value, and this one is the hot path of every push.
+/// Anything it does not take as is (a missing colon, a value of another type, an escaped string,
+/// a field given twice) is an error, which sends the push down the slow path.
+struct Typed<'a>(TypedSample<'a>);
+
+impl<'de> Deserialize<'de> for Typed<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Typed<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sample object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                fn once<T, E: de::Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
+                    match slot.replace(value) {
+                        None => Ok(()),
+                        Some(_) => Err(E::custom("a field is given twice")),
+                    }
+                }
+                let mut s = Sample {
+                    metric_name: None,
+                    metric_type: None,
+                    labels: None,
+                    inc: None,
+                    observations: None,
+                };
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::MetricName => once(&mut s.metric_name, map.next_value()?)?,
+                        Key::MetricType => once(&mut s.metric_type, map.next_value()?)?,
+                        Key::Labels => once(&mut s.labels, map.next_value()?)?,
+                        Key::Inc => once(&mut s.inc, map.next_value()?)?,
+                        Key::Observations => once(&mut s.observations, map.next_value()?)?,
+                        Key::Other => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Typed(s))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A field name of a sample, as the fast path reads it.
+enum Key {
+    MetricName,
+    MetricType,
+    Labels,
+    Inc,
+    Observations,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "metricName" => Key::MetricName,
+                    "metricType" => Key::MetricType,
+                    "labels" => Key::Labels,
+                    "inc" => Key::Inc,
+                    "observations" => Key::Observations,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
 
 /// The fast path: reads the body in one pass, recording each sample as soon as it is read.
 struct Stream<'i> {
@@ -718,14 +878,14 @@ impl<'de> Visitor<'de> for &mut Stream<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
         let mut index = 0;
-        while let Some(ObjectOnly(sample)) = seq.next_element::<ObjectOnly<TypedSample<'de>>>()? {
+        while let Some(Typed(sample)) = seq.next_element::<Typed<'de>>()? {
             if index == self.ingest.limits.max_samples {
                 return Err(de::Error::custom("too many samples"));
             }
             if index == 0 {
-                // Room for a typical push's series and pum's own counters, so the map never
-                // grows; made only once the body turns out to hold samples.
-                *self.delta = Aggregate::with_capacity(32);
+                // Room for a typical push's series and pum's own counters in one small
+                // allocation; made only once the body turns out to hold samples.
+                *self.delta = Aggregate::small(16);
             }
             self.ingest.record(
                 self.ctx,
@@ -761,6 +921,29 @@ trait Field<'a> {
 impl<'a> Field<'a> for Str<'a> {
     fn string(self) -> Option<Cow<'a, str>> {
         Some(self.0)
+    }
+}
+
+impl<'a> Field<'a> for &'a str {
+    fn string(self) -> Option<Cow<'a, str>> {
+        Some(Cow::Borrowed(self))
+    }
+}
+
+/// A label name as either path holds it.
+trait LabelName {
+    fn name(&self) -> &str;
+}
+
+impl LabelName for &str {
+    fn name(&self) -> &str {
+        self
+    }
+}
+
+impl LabelName for Str<'_> {
+    fn name(&self) -> &str {
+        &self.0
     }
 }
 
@@ -862,26 +1045,6 @@ impl Observations for &RawValue {
     }
 }
 
-/// Reads a value only from a JSON object: serde's derived structs would also accept an array of
-/// their fields, and a sample is an object.
-struct ObjectOnly<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = ObjectOnly<T>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(ObjectOnly)
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
-}
-
 /// A string borrowed from the body where it has no escapes.
 struct Str<'a>(Cow<'a, str>);
 
@@ -909,19 +1072,19 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
 
 /// The labels of a sample: an object of names to values; `None` when `labels` is not an
 /// object. An empty array is taken as no labels, as the original aggregator did.
-struct Labels<'a, V>(Option<Vec<(Str<'a>, V)>>);
+struct Labels<K, V>(Option<SmallVec<[(K, V); 2]>>);
 
-impl<'de: 'a, 'a, T: Deserialize<'de>> Deserialize<'de> for Labels<'a, T> {
+impl<'de, K: Deserialize<'de>, T: Deserialize<'de>> Deserialize<'de> for Labels<K, T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a, T>(std::marker::PhantomData<(&'a (), T)>);
-        impl<'de: 'a, 'a, T: Deserialize<'de>> Visitor<'de> for V<'a, T> {
-            type Value = Labels<'a, T>;
+        struct V<K, T>(std::marker::PhantomData<(K, T)>);
+        impl<'de, K: Deserialize<'de>, T: Deserialize<'de>> Visitor<'de> for V<K, T> {
+            type Value = Labels<K, T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object of labels")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut items = Vec::new();
-                while let Some(entry) = map.next_entry::<Str<'a>, T>()? {
+                let mut items = SmallVec::new();
+                while let Some(entry) = map.next_entry::<K, T>()? {
                     items.push(entry);
                 }
                 Ok(Labels(Some(items)))
@@ -931,10 +1094,10 @@ impl<'de: 'a, 'a, T: Deserialize<'de>> Deserialize<'de> for Labels<'a, T> {
                 while seq.next_element::<de::IgnoredAny>()?.is_some() {
                     empty = false;
                 }
-                Ok(Labels(if empty { Some(Vec::new()) } else { None }))
+                Ok(Labels(if empty { Some(SmallVec::new()) } else { None }))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Labels(Some(Vec::new())))
+                Ok(Labels(Some(SmallVec::new())))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
                 Ok(Labels(None))

@@ -120,7 +120,7 @@ fn unescape(s: &str) -> Option<String> {
 pub fn attribute_name(group: &str, key: &SeriesKey, component: Component) -> String {
     let mut out = String::with_capacity(32);
     if group == SHARED_GROUP {
-        escape(&mut out, &key.metric);
+        escape(&mut out, key.metric());
         out.push('|');
     }
     match component {
@@ -131,7 +131,7 @@ pub fn attribute_name(group: &str, key: &SeriesKey, component: Component) -> Str
         }
     }
     out.push('|');
-    for (i, (name, value)) in key.labels.iter().enumerate() {
+    for (i, (name, value)) in key.labels().iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -159,7 +159,8 @@ pub fn parse_attribute_name(group: &str, name: &str) -> Option<(SeriesKey, Compo
         }
         _ => return None,
     };
-    let mut pairs = Vec::new();
+    let mut pairs: smallvec::SmallVec<[(std::sync::Arc<str>, std::sync::Arc<str>); 2]> =
+        smallvec::SmallVec::new();
     if !labels.is_empty() {
         for pair in labels.split(',') {
             let (k, v) = pair.split_once('=')?;
@@ -169,13 +170,7 @@ pub fn parse_attribute_name(group: &str, name: &str) -> Option<(SeriesKey, Compo
     if metric.is_empty() || pairs.windows(2).any(|w| w[0].0 >= w[1].0) {
         return None;
     }
-    Some((
-        SeriesKey {
-            metric: metric.into(),
-            labels: pairs,
-        },
-        component,
-    ))
+    Some((SeriesKey::from_parts(metric.into(), pairs), component))
 }
 
 /// The components to `ADD` for one series of a delta. A counter always writes its total (zero

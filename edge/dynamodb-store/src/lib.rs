@@ -326,13 +326,13 @@ impl DynamoStore {
     fn plan(&self, token: &Token, delta: &Aggregate) -> Result<Vec<ItemUpdate>, StoreError> {
         let mut groups: BTreeMap<&str, Vec<(String, u128)>> = BTreeMap::new();
         for (key, value) in delta.iter() {
-            let group = encode::group_of(&key.metric);
+            let group = encode::group_of(key.metric());
             let terms = groups.entry(group).or_default();
             for (component, n) in encode::components(value) {
                 if n > encode::MAX_NUMBER {
                     return Err(StoreError::Unavailable(format!(
                         "a value of {} exceeds DynamoDB's 38 digits",
-                        key.metric
+                        key.metric()
                     )));
                 }
                 terms.push((encode::attribute_name(group, key, component), n));

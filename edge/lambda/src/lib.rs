@@ -109,30 +109,36 @@ pub async fn handle<S: Store>(app: &App<S>, req: Request) -> Response<Body> {
             Method::OPTIONS => respond(
                 app.cors
                     .preflight(header_str(req.headers(), header::ORIGIN)),
-                Vec::new(),
+                core_http::Headers::new(),
             ),
-            _ => respond(core_http::method_not_allowed("POST, OPTIONS"), Vec::new()),
+            _ => respond(
+                core_http::method_not_allowed("POST, OPTIONS"),
+                core_http::Headers::new(),
+            ),
         },
         "/healthz" | "/status" | core_http::CLIENT_PATH
             if !matches!(*method, Method::GET | Method::HEAD) =>
         {
-            respond(core_http::method_not_allowed("GET, HEAD"), Vec::new())
+            respond(
+                core_http::method_not_allowed("GET, HEAD"),
+                core_http::Headers::new(),
+            )
         }
         "/healthz" => respond(
             core_http::Response::json(200, r#"{"status":"ok"}"#.into()),
-            Vec::new(),
+            core_http::Headers::new(),
         ),
         // The original aggregator's health check: 200, no body.
         "/status" => respond(
             core_http::Response {
                 status: 200,
-                headers: Vec::new(),
+                headers: core_http::Headers::new(),
                 body: String::new(),
             },
-            Vec::new(),
+            core_http::Headers::new(),
         ),
         core_http::CLIENT_PATH => javascript(),
-        _ => respond(core_http::not_found(), Vec::new()),
+        _ => respond(core_http::not_found(), core_http::Headers::new()),
     }
 }
 
@@ -167,7 +173,7 @@ async fn store_and_answer<S: Store>(
     app: &App<S>,
     req: &Request,
     outcome: PushOutcome,
-    cors: Vec<(&'static str, String)>,
+    cors: core_http::Headers,
 ) -> Response<Body> {
     // The invocation's request id names the push: the store's retries of it are recognised.
     let batch_id = req
@@ -191,10 +197,10 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 /// Turns a core response and CORS headers into a Lambda response.
-pub fn respond(r: core_http::Response, cors: Vec<(&'static str, String)>) -> Response<Body> {
+pub fn respond(r: core_http::Response, cors: core_http::Headers) -> Response<Body> {
     let mut builder = Response::builder().status(r.status);
     for (k, v) in r.headers.into_iter().chain(cors) {
-        builder = builder.header(k, v);
+        builder = builder.header(k, v.as_ref());
     }
     let body = if r.body.is_empty() {
         Body::Empty
@@ -212,7 +218,7 @@ fn javascript() -> Response<Body> {
     respond(
         core_http::Response {
             status: 200,
-            headers: vec![
+            headers: smallvec::smallvec![
                 ("content-type", "text/javascript; charset=utf-8".into()),
                 // A week: the client changes rarely and the snippet's URL carries no version.
                 (
@@ -223,6 +229,6 @@ fn javascript() -> Response<Body> {
             ],
             body: CLIENT_JS.to_owned(),
         },
-        Vec::new(),
+        core_http::Headers::new(),
     )
 }

@@ -76,7 +76,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
                 s.cors.preflight(header(&req, "origin").as_deref()),
                 Vec::new(),
             ),
-            _ => respond(core_http::method_not_allowed("POST, OPTIONS"), Vec::new()),
+            _ => respond(
+                core_http::method_not_allowed("POST, OPTIONS"),
+                core_http::Headers::new(),
+            ),
         },
         "/healthz" if is_get(&method) => respond(
             core_http::Response::json(200, r#"{"status":"ok"}"#.into()),
@@ -89,7 +92,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
                 header(&req, "authorization").as_deref(),
                 s.export_token.as_deref(),
             ) {
-                return respond(export::unauthorized(s.export_token.is_some()), Vec::new());
+                return respond(
+                    export::unauthorized(s.export_token.is_some()),
+                    core_http::Headers::new(),
+                );
             }
             if req.path() == EXPORT_PATH {
                 export_snapshots(&env).await
@@ -97,10 +103,11 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
                 shard_stats(&env, s.shards).await
             }
         }
-        "/healthz" | "/status" | EXPORT_PATH | SHARD_STATS_PATH => {
-            respond(core_http::method_not_allowed("GET"), Vec::new())
-        }
-        _ => respond(core_http::not_found(), Vec::new()),
+        "/healthz" | "/status" | EXPORT_PATH | SHARD_STATS_PATH => respond(
+            core_http::method_not_allowed("GET"),
+            core_http::Headers::new(),
+        ),
+        _ => respond(core_http::not_found(), core_http::Headers::new()),
     }
 }
 
@@ -195,11 +202,11 @@ async fn export_snapshots(env: &Env) -> Result<Response> {
             }
             let mut r = core_http::Response::json(200, doc);
             r.headers.push(("cache-control", "no-store".into()));
-            respond(r, Vec::new())
+            respond(r, core_http::Headers::new())
         }
         Err(e) => {
             worker::console_error!("pum: reading the snapshots failed: {e}");
-            respond(core_http::store_unavailable(), Vec::new())
+            respond(core_http::store_unavailable(), core_http::Headers::new())
         }
     }
 }
@@ -257,11 +264,14 @@ async fn shard_stats(env: &Env, shards: u32) -> Result<Response> {
         out.push_str(&r?);
     }
     out.push_str("]}");
-    respond(core_http::Response::json(200, out), Vec::new())
+    respond(
+        core_http::Response::json(200, out),
+        core_http::Headers::new(),
+    )
 }
 
 /// Turns a core response and CORS headers into a Workers response.
-fn respond(r: core_http::Response, cors: Vec<(&'static str, String)>) -> Result<Response> {
+fn respond(r: core_http::Response, cors: core_http::Headers) -> Result<Response> {
     let headers = Headers::new();
     for (k, v) in r.headers.iter().chain(cors.iter()) {
         headers.append(k, v)?;

@@ -113,7 +113,9 @@ fn bad_push_corpus_gets_its_answers() {
         // A push with nothing valid records nothing but pum's own counters.
         if case.accepted == 0 {
             assert!(
-                out.delta.iter().all(|(k, _)| k.metric.starts_with("pum_")),
+                out.delta
+                    .iter()
+                    .all(|(k, _)| k.metric().starts_with("pum_")),
                 "{}: {:?}",
                 case.name,
                 out.delta
@@ -225,6 +227,8 @@ mod properties {
             json!("demo_third_party_api_seconds"),
             json!("browser_lcp_seconds"),
             json!("nope_total"),
+            // Escaped when serialized: the fast path leaves these to the slow path.
+            json!("demo_feature_usage_total\n"),
             json!(7),
         ]);
         let kind = prop::sample::select(vec![
@@ -242,6 +246,8 @@ mod properties {
             json!([]),
             json!("x"),
             json!({"feature": 3}),
+            json!({"feature": "sea\"rch"}),
+            json!({"fea\"ture": "search"}),
         ]);
         let value = prop::sample::select(vec![
             json!(1),
@@ -367,7 +373,7 @@ fn beacon_fixture_is_realistic_and_accepted_whole() {
     let observations: u64 = out
         .delta
         .iter()
-        .filter(|(k, _)| !k.metric.starts_with("pum_"))
+        .filter(|(k, _)| !k.metric().starts_with("pum_"))
         .filter_map(|(_, v)| v.count())
         .sum();
     assert_eq!(observations, 8);
@@ -442,16 +448,16 @@ fn edge_labels_are_filled_from_the_request_and_bounded() {
 #[test]
 fn the_fast_path_reads_well_typed_pushes_and_only_objects() {
     let beacon = include_bytes!("../../../fixtures/beacon.json");
-    let typed = serde_json::from_slice::<Vec<ObjectOnly<TypedSample<'_>>>>(beacon).expect("typed");
+    let typed = serde_json::from_slice::<Vec<Typed<'_>>>(beacon).expect("typed");
     assert_eq!(typed.len(), 11);
     // Without the escape hatch of the slow path, arrays must not pass for samples.
     let as_array = br#"[["demo_feature_usage_total","counter",{},1]]"#;
-    assert!(serde_json::from_slice::<Vec<ObjectOnly<TypedSample<'_>>>>(as_array).is_err());
+    assert!(serde_json::from_slice::<Vec<Typed<'_>>>(as_array).is_err());
     let out = ingest().push(Some("application/json"), as_array);
     assert_eq!(out.rejected[0].reason, Reason::InvalidSample);
     // A repeated field fails the fast read too, so both paths judge it the same.
     let twice = br#"[{"metricName":"demo_feature_usage_total","metricName":"x","metricType":"counter","inc":1}]"#;
-    assert!(serde_json::from_slice::<Vec<ObjectOnly<TypedSample<'_>>>>(twice).is_err());
+    assert!(serde_json::from_slice::<Vec<Typed<'_>>>(twice).is_err());
     let fast = ingest().push(Some("application/json"), twice);
     let slow = ingest().push_inner(
         &RequestContext::default(),
@@ -461,4 +467,77 @@ fn the_fast_path_reads_well_typed_pushes_and_only_objects() {
     );
     assert_eq!(fast.rejected[0].reason, Reason::InvalidSample);
     assert_eq!(fast.body, slow.body);
+    // Escaped strings are left to the slow path, which reads them the same as plain ones.
+    let escaped = br#"[{"metricName":"demo_feature_usage\u005ftotal","metric\u0054ype":"counter","labels":{"feat\u0075re":"se\u0061rch"},"inc":2}]"#;
+    assert!(serde_json::from_slice::<Vec<Typed<'_>>>(escaped).is_err());
+    let out = ingest().push(Some("application/json"), escaped);
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(out.accepted, 1);
+    let plain = br#"[{"metricName":"demo_feature_usage_total","metricType":"counter","labels":{"feature":"search"},"inc":2}]"#;
+    assert_eq!(
+        out.delta,
+        ingest().push(Some("application/json"), plain).delta
+    );
+}
+
+#[test]
+fn series_keys_name_their_own_strings_whatever_ingest_came_before() {
+    // Each round compiles its own allowlist, so the strings of earlier rounds are freed and
+    // their addresses may be handed out again: a key must still carry this round's strings.
+    for round in 0..50 {
+        let config = format!(
+            r#"{{"allowedMetrics": [{{"name": "m{round}_total", "help": "h", "type": "counter",
+                "labels": [{{"name": "l{round}", "allowedValues": ["v{round}", "w"]}}]}}]}}"#
+        );
+        let ingest = Ingest::new(
+            Allowlist::compile([("round", config.as_str())], false).expect("config"),
+            Limits::default(),
+        );
+        for value in [format!("v{round}"), "w".into()] {
+            let body = format!(
+                r#"[{{"metricName":"m{round}_total","metricType":"counter","labels":{{"l{round}":"{value}"}},"inc":1}}]"#
+            );
+            let out = ingest.push(Some("application/json"), body.as_bytes());
+            assert_eq!(out.status, 200, "{}", out.body);
+            let want = SeriesKey::new(format!("m{round}_total"), &[(&format!("l{round}"), &value)]);
+            assert_eq!(
+                out.delta.get(&want),
+                Some(&SeriesValue::Counter { micros: 1_000_000 }),
+                "round {round}: {:?}",
+                out.delta
+            );
+        }
+    }
+}
+
+#[test]
+fn more_series_than_the_key_cache_holds_are_all_kept_apart() {
+    let values: Vec<String> = (0..2 * keys::SLOTS).map(|i| format!("v{i}")).collect();
+    let config = serde_json::json!({"allowedMetrics": [{"name": "m_total", "help": "h",
+        "type": "counter", "labels": [{"name": "l", "allowedValues": values}]}]})
+    .to_string();
+    let ingest = Ingest::new(
+        Allowlist::compile([("big", config.as_str())], false).expect("config"),
+        Limits::default(),
+    );
+    let mut total = Aggregate::new();
+    for round in 0..2u128 {
+        for v in &values {
+            let body = format!(
+                r#"[{{"metricName":"m_total","metricType":"counter","labels":{{"l":"{v}"}},"inc":1}}]"#
+            );
+            let out = ingest.push(Some("application/json"), body.as_bytes());
+            assert_eq!(out.status, 200, "{}", out.body);
+            total.merge(&out.delta);
+        }
+        for v in &values {
+            assert_eq!(
+                total.get(&SeriesKey::new("m_total", &[("l", v)])),
+                Some(&SeriesValue::Counter {
+                    micros: (round + 1) * 1_000_000
+                }),
+                "{v}"
+            );
+        }
+    }
 }
