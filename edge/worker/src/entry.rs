@@ -65,7 +65,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
                 "config_invalid",
                 "the Worker's configuration is invalid; its log says why (npx wrangler tail)",
             ),
-            Vec::new(),
+            core_http::Headers::new(),
         );
     };
     let method = req.method();
@@ -74,7 +74,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             Method::Post => record(req, &env, s).await,
             Method::Options => respond(
                 s.cors.preflight(header(&req, "origin").as_deref()),
-                Vec::new(),
+                core_http::Headers::new(),
             ),
             _ => respond(
                 core_http::method_not_allowed("POST, OPTIONS"),
@@ -83,7 +83,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         },
         "/healthz" if is_get(&method) => respond(
             core_http::Response::json(200, r#"{"status":"ok"}"#.into()),
-            Vec::new(),
+            core_http::Headers::new(),
         ),
         // The original aggregator's health check.
         "/status" if is_get(&method) => Ok(Response::empty()?.with_status(200)),
