@@ -635,7 +635,32 @@ pub struct Dictionary {
     /// The addresses of `by_address` found most recently, one per slot: a push names the same
     /// few dozen strings as the one before, so most lookups end here.
     recent: Recent,
+    /// The bytes naming the series encoded lately (see [`Dictionary::series_name`]).
+    named: Named,
     strings: Vec<Arc<str>>,
+}
+
+/// The numbers naming one series in a record; a series with a label or two fits inline.
+type SeriesName = smallvec::SmallVec<[u8; 8]>;
+
+/// A direct-mapped cache of series names, by the key's hash.
+#[derive(Debug)]
+struct Named(Vec<Option<(SeriesKey, SeriesName)>>);
+
+/// Slots of [`Named`].
+const NAMED: usize = 1024;
+
+impl Default for Named {
+    fn default() -> Self {
+        Named(vec![None; NAMED])
+    }
+}
+
+impl Named {
+    fn slot(&self, key: &SeriesKey) -> usize {
+        let hash = std::hash::BuildHasher::hash_one(&foldhash::fast::FixedState::default(), key);
+        (hash % NAMED as u64) as usize
+    }
 }
 
 /// A direct-mapped cache of `(address, number)`; address 0 (never an `Arc`'s) marks a free slot.
@@ -685,6 +710,28 @@ impl Dictionary {
         self.by_address.insert(address, id);
         self.recent.0[slot] = (address, id);
         id
+    }
+
+    /// The bytes that name `key` in a record: the numbers of its metric, its label count and its
+    /// labels' names and values. A push names the series of the pushes before it, so these are
+    /// kept for the series named lately (by content: a number never changes once given).
+    fn series_name(&mut self, key: &SeriesKey) -> &[u8] {
+        let slot = self.named.slot(key);
+        let hit = matches!(&self.named.0[slot], Some((named, _)) if named == key);
+        if !hit {
+            let mut name = Vec::with_capacity(8);
+            put_varint(&mut name, self.id(key.metric()).into());
+            put_varint(&mut name, key.labels().len() as u128);
+            for (k, v) in key.labels() {
+                put_varint(&mut name, self.id(k).into());
+                put_varint(&mut name, self.id(v).into());
+            }
+            self.named.0[slot] = Some((key.clone(), SeriesName::from_vec(name)));
+        }
+        match &self.named.0[slot] {
+            Some((_, name)) => name,
+            None => &[],
+        }
     }
 
     /// Number of strings defined so far.
@@ -761,12 +808,7 @@ pub fn encode_delta(delta: &Aggregate, dict: &mut Dictionary, out: &mut Vec<u8>)
     out.reserve(16 * delta.len() + 1);
     out.push(RECORD_DELTA);
     for (key, value) in delta.iter_unordered() {
-        put_varint(out, dict.id(key.metric()).into());
-        put_varint(out, key.labels().len() as u128);
-        for (k, v) in key.labels() {
-            put_varint(out, dict.id(k).into());
-            put_varint(out, dict.id(v).into());
-        }
+        out.extend_from_slice(dict.series_name(key));
         match value {
             SeriesValue::Counter { micros } => {
                 out.push(0);
@@ -943,10 +985,25 @@ mod tests {
         assert_eq!(decode_strings(&defs, &mut strings), Some(()));
         assert_eq!(strings, dict.strings());
         assert_eq!(decode_delta(&bytes, &strings).as_ref(), Some(&d));
-        // A second delta reuses the numbers: no new strings.
+        // A second delta reuses the numbers: no new strings, and the same bytes whether its keys
+        // are the same keys or copies of them.
         let before = dict.len();
-        encode_delta(&d, &mut dict, &mut Vec::new());
+        let mut again = Vec::new();
+        encode_delta(&d, &mut dict, &mut again);
         assert_eq!(dict.len(), before);
+        assert_eq!(again, bytes);
+        let mut copied = Aggregate::new();
+        for (key, value) in d.iter_unordered() {
+            let labels: Vec<(&str, &str)> =
+                key.labels().iter().map(|(k, v)| (&**k, &**v)).collect();
+            copied.add_value(SeriesKey::new(&**key.metric(), &labels), value.clone());
+        }
+        let mut from_copies = Vec::new();
+        encode_delta(&copied, &mut dict, &mut from_copies);
+        assert_eq!(
+            decode_delta(&from_copies, dict.strings()).as_ref(),
+            Some(&d)
+        );
         for cut in 0..bytes.len() {
             // A cut record decodes to nothing, or (cut between two series) to fewer series; the
             // frame's length and CRC keep such a record from being replayed.

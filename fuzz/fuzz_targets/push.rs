@@ -104,7 +104,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if out.accepted == 0 {
         assert!(
-            out.delta.iter().all(|(k, _)| k.metric.starts_with("pum_")),
+            out.delta.iter().all(|(k, _)| k.metric().starts_with("pum_")),
             "a push with nothing valid records only pum's own counters: {:?}",
             out.delta
         );
@@ -115,17 +115,17 @@ fuzz_target!(|data: &[u8]| {
     for (key, value) in out.delta.iter() {
         let spec = ingest
             .allowlist()
-            .get(&key.metric)
-            .unwrap_or_else(|| panic!("{} is not allowlisted", key.metric));
-        for (name, value) in &key.labels {
+            .get(key.metric())
+            .unwrap_or_else(|| panic!("{} is not allowlisted", key.metric()));
+        for (name, value) in key.labels() {
             assert!(
                 spec.label(name).is_some_and(|l| l.allows(value)),
                 "{}{{{name}={value:?}}} is not allowlisted",
-                key.metric
+                key.metric()
             );
         }
         if let SeriesValue::Histogram { buckets, .. } = value {
-            assert_eq!(buckets.len(), spec.bucket_count(), "{}", key.metric);
+            assert_eq!(buckets.len(), spec.bucket_count(), "{}", key.metric());
         }
     }
 
