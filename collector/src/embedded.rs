@@ -632,9 +632,6 @@ pub struct Dictionary {
     /// hands out the allowlist's shared strings, so almost every lookup is found here without
     /// hashing the string. An address cannot be reused while `strings` holds its `Arc`.
     by_address: HashMap<usize, u32, foldhash::fast::RandomState>,
-    /// The addresses of `by_address` found most recently, one per slot: a push names the same
-    /// few dozen strings as the one before, so most lookups end here.
-    recent: Recent,
     /// The bytes naming the series encoded lately (see [`Dictionary::series_name`]).
     named: Named,
     strings: Vec<Arc<str>>,
@@ -663,26 +660,6 @@ impl Named {
     }
 }
 
-/// A direct-mapped cache of `(address, number)`; address 0 (never an `Arc`'s) marks a free slot.
-#[derive(Debug)]
-struct Recent(Box<[(usize, u32); RECENT]>);
-
-/// Slots of [`Recent`].
-const RECENT: usize = 256;
-
-impl Default for Recent {
-    fn default() -> Self {
-        Recent(Box::new([(0, 0); RECENT]))
-    }
-}
-
-impl Recent {
-    fn slot(address: usize) -> usize {
-        // Allocations are 16-byte aligned; fold in higher bits so neighbours spread.
-        ((address >> 4) ^ (address >> 12)) % RECENT
-    }
-}
-
 impl Dictionary {
     /// An empty dictionary.
     pub fn new() -> Self {
@@ -692,13 +669,7 @@ impl Dictionary {
     /// The number of `s`, given out now if `s` is new.
     fn id(&mut self, s: &Arc<str>) -> u32 {
         let address = Arc::as_ptr(s).cast::<u8>() as usize;
-        let slot = Recent::slot(address);
-        let (cached, id) = self.recent.0[slot];
-        if cached == address {
-            return id;
-        }
         if let Some(id) = self.by_address.get(&address) {
-            self.recent.0[slot] = (address, *id);
             return *id;
         }
         if let Some(id) = self.ids.get(s) {
@@ -708,7 +679,6 @@ impl Dictionary {
         self.strings.push(Arc::clone(s));
         self.ids.insert(Arc::clone(s), id);
         self.by_address.insert(address, id);
-        self.recent.0[slot] = (address, id);
         id
     }
 

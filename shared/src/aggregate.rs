@@ -326,16 +326,6 @@ impl Aggregate {
         Self::default()
     }
 
-    /// An empty aggregate with room for `series` series.
-    pub fn with_capacity(series: usize) -> Self {
-        Aggregate {
-            series: SeriesMap::Many(HashMap::with_capacity_and_hasher(
-                series,
-                Default::default(),
-            )),
-        }
-    }
-
     /// An empty aggregate for a few series, such as one push's delta, with room for `series`.
     /// It keeps them in a vector (see [`SeriesMap`]) until it holds more than a few dozen.
     pub fn small(series: usize) -> Self {
