@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use pum_shared::Limits;
 
+use crate::server::HttpLimits;
+
 /// pum: real-user monitoring for Prometheus.
 ///
 /// Web pages push measurements to an ingest (`POST /record`); pum validates each push against an
@@ -106,6 +108,62 @@ pub struct StandaloneArgs {
     /// Push limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    /// HTTP timeouts and bounds.
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Timeouts and bounds of the HTTP listeners (see the `server` module).
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "HTTP (timeouts and bounds for clients on the internet)")]
+pub struct HttpArgs {
+    /// Time a client has to send a whole request head (request line and headers), from its
+    /// first byte, or from connecting; past it the connection is closed.
+    #[arg(long, env = "PUM_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_timeout: Duration,
+
+    /// Time a push body has to arrive whole once its head is read; past it the push is
+    /// answered 408 body_timeout and the connection closed.
+    #[arg(long, env = "PUM_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub body_timeout: Duration,
+
+    /// Time a kept-alive connection may wait for its next request.
+    #[arg(long, env = "PUM_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// Most connections the ingest keeps open at once. Past it, the connection that has waited
+    /// longest without a request is closed to admit the new one, or the new one is answered 503
+    /// when all are busy. /metrics has its own budget of 64. [default: three quarters of the
+    /// open-file limit left after 128 reserved, at most 4096; logged at start]
+    #[arg(long, env = "PUM_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// Also serve HTTP/2 over cleartext (prior knowledge), with at most 16 streams per connection
+    /// and 64 KiB windows. Off by default: browsers reach pum over HTTP/1.1 or through a proxy.
+    #[arg(long, env = "PUM_HTTP2")]
+    pub http2: bool,
+
+    /// On SIGTERM or SIGINT: time requests in progress get to finish before they are dropped and
+    /// the store is flushed. Keep it under Kubernetes' terminationGracePeriodSeconds (30 s).
+    #[arg(long, env = "PUM_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
+}
+
+impl HttpArgs {
+    /// The limits these flags set, with the default connection bound sized from `fd_limit`.
+    pub fn limits(&self, fd_limit: Option<u64>) -> HttpLimits {
+        let mut limits = HttpLimits::new(fd_limit);
+        limits.header_timeout = self.header_timeout;
+        limits.body_timeout = self.body_timeout;
+        limits.idle_timeout = self.idle_timeout;
+        limits.http2 = self.http2;
+        limits.shutdown_timeout = self.shutdown_timeout;
+        if let Some(n) = self.max_connections {
+            limits.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        limits
+    }
 }
 
 /// Where and how `/metrics` is served.
@@ -153,6 +211,10 @@ pub struct ServeArgs {
     /// The Prometheus side.
     #[command(flatten)]
     pub metrics: MetricsArgs,
+
+    /// HTTP timeouts and bounds.
+    #[command(flatten)]
+    pub http: HttpArgs,
 
     /// How often the store is read. E.g. 5s, 500ms.
     #[arg(long, env = "PUM_REFRESH", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]

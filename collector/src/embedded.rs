@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -104,7 +105,10 @@ struct SnapshotIn {
 
 /// The log file being appended to.
 struct LogFile {
-    file: File,
+    /// Shared with [`EmbeddedStore::sync`], which fsyncs it outside the log's lock: a handle of
+    /// its own, opened with the file, rather than one duplicated at each sync (under file
+    /// descriptor exhaustion the duplicate failed, and acknowledged pushes went unsynced).
+    file: Arc<File>,
     generation: u64,
     /// Length of the whole records in the file.
     bytes: u64,
@@ -146,6 +150,9 @@ pub struct EmbeddedStore {
     /// Locked after `queue` or `log` when both are needed, never before.
     dict: Mutex<Dictionary>,
     commits: tokio::sync::watch::Sender<Commits>,
+    /// Set when the log could not be synced or compacted: what is acknowledged might not be on
+    /// disk, so pushes are refused (503) until a compaction writes every total durably again.
+    failed: AtomicBool,
     // Held for the life of the store; dropping it releases the directory.
     _lock: File,
 }
@@ -243,7 +250,7 @@ impl EmbeddedStore {
             dir,
             totals: Mutex::new(totals),
             log: Mutex::new(LogFile {
-                file,
+                file: Arc::new(file),
                 generation: newest,
                 bytes,
                 // This process numbers its strings afresh: its first write defines them again.
@@ -253,6 +260,7 @@ impl EmbeddedStore {
             queue: Mutex::new(Queue::default()),
             dict: Mutex::new(Dictionary::new()),
             commits: tokio::sync::watch::Sender::new(Commits::default()),
+            failed: AtomicBool::new(false),
             _lock: lock,
         };
         Ok((store, recovery))
@@ -287,7 +295,7 @@ impl EmbeddedStore {
         } else {
             &definitions
         };
-        if let Err(e) = log.file.write_all(bytes) {
+        if let Err(e) = (&*log.file).write_all(bytes) {
             let keep = log.bytes;
             let _ = log.file.set_len(keep);
             return Err(StoreError::Unavailable(format!("writing the log: {e}")));
@@ -331,6 +339,11 @@ impl EmbeddedStore {
     /// per push into one per batch. If a write fails, its records are subtracted from memory
     /// again and every push of the batch gets the error.
     pub async fn merge_grouped(&self, delta: &Aggregate) -> Result<(), StoreError> {
+        if self.is_failed() {
+            return Err(StoreError::Unavailable(
+                "the log could not be synced; refusing pushes until the store is written durably again".into(),
+            ));
+        }
         let (batch, leader) = {
             let mut q = Self::locked(&self.queue)?;
             let keep = q.buf.len();
@@ -427,14 +440,20 @@ impl EmbeddedStore {
         Ok(f(&*Self::locked(&self.totals)?))
     }
 
-    /// Flushes the log to disk (`fsync`). Writers are not blocked while the disk works.
+    /// Flushes the log to disk (`fsync`). Writers are not blocked while the disk works. A
+    /// failure marks the store failed (see [`EmbeddedStore::is_failed`]).
     pub fn sync(&self) -> Result<(), StoreError> {
-        let file = Self::locked(&self.log)?
-            .file
-            .try_clone()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        file.sync_data()
-            .map_err(|e| StoreError::Unavailable(format!("syncing the log: {e}")))
+        let file = Arc::clone(&Self::locked(&self.log)?.file);
+        file.sync_data().map_err(|e| {
+            self.failed.store(true, Ordering::Release);
+            StoreError::Unavailable(format!("syncing the log: {e}"))
+        })
+    }
+
+    /// Whether the store refuses pushes because the log could not be synced or compacted. A
+    /// compaction that succeeds (it writes every total to a new, fsynced snapshot) clears it.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// Size of the current log in bytes.
@@ -450,10 +469,19 @@ impl EmbeddedStore {
     /// there, so every record written so far is in a log below the new generation. Memory holds
     /// exactly those records plus the ones not written yet (still queued, or in flight), which
     /// will go to the new log: they are taken out of the snapshot.
+    ///
+    /// A failure marks the store failed; a success clears the mark, since the snapshot then holds
+    /// every total durably, whatever became of the logs' unsynced pages.
     pub fn compact(&self) -> Result<(), StoreError> {
+        let result = self.compact_once();
+        self.failed.store(result.is_err(), Ordering::Release);
+        result
+    }
+
+    fn compact_once(&self) -> Result<(), StoreError> {
         let unavailable =
             |what: &str, e: io::Error| StoreError::Unavailable(format!("{what}: {e}"));
-        let (new_gen, totals, old) = {
+        let (new_gen, totals) = {
             let q = Self::locked(&self.queue)?;
             let mut log = Self::locked(&self.log)?;
             let new_gen = log.generation + 1;
@@ -464,16 +492,13 @@ impl EmbeddedStore {
                 .open(&path)
                 .map_err(|e| unavailable("opening a new log", e))?;
             let written = log.written;
-            let old = std::mem::replace(
-                &mut *log,
-                LogFile {
-                    file,
-                    generation: new_gen,
-                    bytes: 0,
-                    defined: 0,
-                    written,
-                },
-            );
+            *log = LogFile {
+                file: Arc::new(file),
+                generation: new_gen,
+                bytes: 0,
+                defined: 0,
+                written,
+            };
             let mut totals = Self::locked(&self.totals)?.clone();
             let mut unwritten = q.buf.clone();
             if let Some((batch, records)) = &q.in_flight
@@ -484,12 +509,10 @@ impl EmbeddedStore {
             if !unwritten.is_empty() {
                 totals.subtract(&self.decode_own(&unwritten));
             }
-            (new_gen, totals, old)
+            (new_gen, totals)
         };
-        // Outside the locks: pushes keep flowing while the disk works.
-        old.file
-            .sync_data()
-            .map_err(|e| unavailable("syncing the log", e))?;
+        // Outside the locks: pushes keep flowing while the disk works. The old logs need no
+        // fsync: the snapshot holds all they hold, and is fsynced before they are deleted.
         let text = serde_json::to_string(&SnapshotOut {
             generation: new_gen,
             totals: Snapshot::from(&totals),
@@ -1036,7 +1059,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (s, _) = EmbeddedStore::open(dir.path()).expect("open");
         // A read-only handle makes every write of the log fail.
-        let read_only = File::open(log_path(dir.path(), 0)).expect("log");
+        let read_only = Arc::new(File::open(log_path(dir.path(), 0)).expect("log"));
         let writable = std::mem::replace(&mut s.log.lock().expect("lock").file, read_only);
         assert!(s.merge_grouped(&delta(5)).await.is_err());
         assert_eq!(total(&s), 0, "the failed push is taken out of memory again");
@@ -1049,6 +1072,40 @@ mod tests {
         let (s, rec) = EmbeddedStore::open(dir.path()).expect("reopen");
         assert_eq!(rec.replayed, 1);
         assert_eq!(total(&s), 7);
+    }
+
+    #[tokio::test]
+    async fn a_log_that_cannot_be_synced_refuses_pushes_until_a_compaction_succeeds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // fsync of /dev/null fails (EINVAL): a log whose sync fails, without mocks.
+        std::os::unix::fs::symlink("/dev/null", log_path(dir.path(), 0)).expect("symlink");
+        // A directory where the snapshot's temporary file goes makes compaction fail too.
+        fs::create_dir(dir.path().join("snapshot.json.tmp")).expect("blocker");
+        let (s, _) = EmbeddedStore::open(dir.path()).expect("open");
+        s.merge_grouped(&delta(5))
+            .await
+            .expect("merge before the failure is seen");
+        assert!(s.sync().is_err());
+        assert!(s.is_failed());
+        assert!(s.merge_grouped(&delta(7)).await.is_err());
+        assert_eq!(total(&s), 5, "a refused push changes nothing");
+        assert!(s.compact().is_err());
+        assert!(s.is_failed(), "a failed compaction keeps the store failed");
+        assert!(s.merge_grouped(&delta(7)).await.is_err());
+        fs::remove_dir(dir.path().join("snapshot.json.tmp")).expect("unblock");
+        s.compact().expect("compaction writes every total durably");
+        assert!(!s.is_failed());
+        s.merge_grouped(&delta(9))
+            .await
+            .expect("merge after recovery");
+        s.close().expect("close");
+        drop(s);
+        let (s, _) = EmbeddedStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            total(&s),
+            14,
+            "acknowledged pushes kept, refused ones absent"
+        );
     }
 
     #[test]

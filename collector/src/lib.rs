@@ -7,6 +7,7 @@
 //! - [`cli`]: the command line (every flag also from a `PUM_*` variable).
 //! - [`standalone`]: the ingest and metrics apps and [`standalone::run`].
 //! - [`serve`]: serve mode, reading a remote store on a refresh loop.
+//! - [`server`]: the HTTP server under every listener: timeouts, connection bound, shutdown.
 //! - [`sources`]: the remote stores serve mode reads.
 //! - [`embedded`]: the embedded store (a write-ahead log with snapshots).
 //! - [`render`]: the `prometheus` collector that renders aggregates.
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod embedded;
 pub mod render;
 pub mod serve;
+pub mod server;
 pub mod sources;
 pub mod standalone;
 pub mod telemetry;

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pum_collector::cli::{Cli, Command, ServeArgs, SourceKind};
+use pum_collector::cli::{Cli, Command, HttpArgs, ServeArgs, SourceKind};
+use pum_collector::server::{self, HttpLimits};
 use pum_collector::standalone::{self, Settings};
 use pum_shared::http::Cors;
 
@@ -55,6 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir: args.data_dir.clone(),
                 sync_interval: args.sync_interval,
                 metrics_token: args.metrics.metrics_token.clone(),
+                http: http_limits(&args.http),
             };
             runtime()?.block_on(async move {
                 let ingest = bind(args.ingest_listen, "--ingest-listen").await?;
@@ -78,6 +80,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allowlist,
         refresh: args.refresh,
         metrics_token: args.metrics.metrics_token.clone(),
+        http: http_limits(&args.http),
     };
     runtime()?.block_on(async move {
         let listener = bind(args.metrics.metrics_listen, "--metrics-listen").await?;
@@ -112,6 +115,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// The HTTP limits of the flags, with the open-file limit they are sized from logged.
+fn http_limits(args: &HttpArgs) -> HttpLimits {
+    let fd_limit = server::fd_limit();
+    let limits = args.limits(fd_limit);
+    tracing::info!(
+        open_file_limit = fd_limit.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+        max_connections = limits.max_connections,
+        header_timeout = ?limits.header_timeout,
+        body_timeout = ?limits.body_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        http2 = limits.http2,
+        "HTTP limits"
+    );
+    if let Some(fds) = fd_limit
+        && limits.max_connections as u64 + 128 > fds
+    {
+        tracing::warn!(
+            "--max-connections {} leaves too few of the {fds} open files for the store and /metrics: raise the limit (ulimit -n) or lower the bound",
+            limits.max_connections
+        );
+    }
+    limits
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

@@ -29,13 +29,16 @@ pub struct AggregateCollector {
 impl AggregateCollector {
     /// A collector over `totals`, rendering the metrics of `allowlist`.
     pub fn new(allowlist: Arc<Allowlist>, totals: Arc<dyn Totals>, telemetry: SelfMetrics) -> Self {
-        let descs = allowlist
+        let mut descs: Vec<Desc> = allowlist
             .metrics()
             .filter_map(|m| {
                 let labels = m.labels.iter().map(|l| l.name.clone()).collect();
                 Desc::new(m.name.clone(), m.help.clone(), labels, Default::default()).ok()
             })
             .collect();
+        for gauge in [&telemetry.series, &telemetry.series_skipped] {
+            descs.extend(gauge.desc().into_iter().cloned());
+        }
         AggregateCollector {
             allowlist,
             totals,
@@ -63,6 +66,9 @@ impl Collector for AggregateCollector {
                 .with_label_values(&["read"])
                 .inc();
         }
+        // Counted by `families` just now: reported here so a scrape shows this pass's counts.
+        out.extend(self.telemetry.series.collect());
+        out.extend(self.telemetry.series_skipped.collect());
         out
     }
 }

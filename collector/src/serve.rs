@@ -15,7 +15,10 @@ use prometheus::Registry;
 use pum_shared::{Aggregate, Allowlist, StoreError};
 use tokio::net::TcpListener;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::render::{AggregateCollector, Totals};
+use crate::server::{self, ConnectionMetrics, HttpLimits};
 use crate::standalone::metrics_app;
 use crate::telemetry::SelfMetrics;
 
@@ -82,6 +85,8 @@ pub struct ServeSettings {
     pub refresh: Duration,
     /// Bearer token required on `/metrics`, if any.
     pub metrics_token: Option<String>,
+    /// Timeouts and connection bounds of the listener.
+    pub http: HttpLimits,
 }
 
 /// Reads `source` every `refresh` and serves `/metrics` on `listener` until `shutdown`.
@@ -128,9 +133,17 @@ pub async fn run<S: Source>(
         }
     });
     let app = metrics_app(registry, settings.metrics_token.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(server::serve(
+        listener,
+        app,
+        settings.http.for_metrics(),
+        ConnectionMetrics::new(&telemetry, "metrics"),
+        stop.clone(),
+    ));
+    shutdown.await;
+    stop.cancel();
+    server.await?;
     reader.abort();
     Ok(())
 }

@@ -2,7 +2,10 @@
 //!
 //! The two HTTP apps are plain functions of their state ([`ingest_app`], [`metrics_app`]), and
 //! [`run`] takes its listeners and its shutdown signal from the caller, so tests bind port 0 and
-//! stop the server when they like.
+//! stop the server when they like. Both listeners run on [`crate::server`], with its timeouts
+//! and connection bounds; push bodies are read within `--body-timeout` and count against one
+//! memory budget ([`BODY_BUDGET_BYTES`]), so slow or unfinished bodies cannot grow memory
+//! without bound.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -20,11 +23,18 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use pum_shared::http::{self as core_http, Cors};
 use pum_shared::{Allowlist, BodyError, Ingest, Limits, PushOutcome, Reason, Store};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_util::sync::CancellationToken;
 
 use crate::embedded::{COMPACT_AFTER_BYTES, EmbeddedStore};
 use crate::render::{AggregateCollector, Totals};
+use crate::server::{self, ConnectionMetrics, HttpLimits};
 use crate::telemetry::SelfMetrics;
+
+/// Push body bytes held in memory at once, over all connections: 32 MiB (or four of the largest
+/// bodies, if that is more). A body waits for room, within its timeout, before more of it is
+/// read; realistic beacons (about 1.4 KB) never wait.
+pub const BODY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 
 /// The browser client, as built from `static/src`.
 const CLIENT_JS: &str = include_str!("../../static/aggregatorClient.js");
@@ -50,6 +60,8 @@ pub struct Settings {
     pub sync_interval: Duration,
     /// Bearer token required on `/metrics`, if any.
     pub metrics_token: Option<String>,
+    /// Timeouts and connection bounds of the listeners.
+    pub http: HttpLimits,
 }
 
 /// Reads allowlist sources from a JSON file or a directory of `*.json` files (sorted by name),
@@ -106,6 +118,9 @@ pub struct Standalone {
     telemetry: SelfMetrics,
     registry: Registry,
     metrics_token: Option<String>,
+    body_timeout: Duration,
+    /// Permits are KiB of push body held in memory.
+    body_budget: Semaphore,
 }
 
 impl Totals for EmbeddedStore {
@@ -126,6 +141,7 @@ impl Standalone {
             Arc::clone(&store) as Arc<dyn Totals>,
             telemetry.clone(),
         )))?;
+        let budget_kib = BODY_BUDGET_BYTES.max(4 * settings.limits.max_body_bytes) / 1024;
         Ok(Arc::new(Standalone {
             ingest: Ingest::new(settings.allowlist.clone(), settings.limits.clone()),
             cors: settings.cors.clone(),
@@ -133,6 +149,8 @@ impl Standalone {
             telemetry,
             registry,
             metrics_token: settings.metrics_token.clone(),
+            body_timeout: settings.http.body_timeout,
+            body_budget: Semaphore::new(budget_kib),
         }))
     }
 }
@@ -151,7 +169,7 @@ pub fn ingest_app(state: Arc<Standalone>) -> Router {
                     )
                 }),
         )
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(ingest_healthz))
         // The original aggregator's health check.
         .route("/status", get(|| async { StatusCode::OK }))
         .route(
@@ -230,6 +248,15 @@ async fn healthz() -> Response {
     )
 }
 
+/// The ingest's health: 503 while the store refuses pushes (its log could not be synced), so a
+/// load balancer or a readiness probe sends pushes elsewhere.
+async fn ingest_healthz(State(s): State<Arc<Standalone>>) -> Response {
+    if s.store.is_failed() {
+        return to_response(core_http::store_unavailable(), core_http::Headers::new());
+    }
+    healthz().await
+}
+
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -242,12 +269,18 @@ async fn record(State(s): State<Arc<Standalone>>, request: axum::extract::Reques
     let origin = header_str(headers, header::ORIGIN);
     let cors = s.cors.headers(origin);
     let max = s.ingest.limits().max_body_bytes;
+    let mut timed_out = false;
     let outcome = if s.cors.allows(origin) {
-        match read_body(body, max).await {
-            Ok(bytes) => s
+        let read = tokio::time::timeout(s.body_timeout, read_body(body, max, &s.body_budget)).await;
+        match read {
+            Ok(Ok((bytes, _held))) => s
                 .ingest
                 .push(header_str(headers, header::CONTENT_TYPE), &bytes),
-            Err(e) => s.ingest.refuse_body(e),
+            Ok(Err(e)) => s.ingest.refuse_body(e),
+            Err(_) => {
+                timed_out = true;
+                s.ingest.refuse_body(BodyError::TimedOut)
+            }
         }
     } else {
         s.ingest.refuse(
@@ -255,13 +288,25 @@ async fn record(State(s): State<Arc<Standalone>>, request: axum::extract::Reques
             "this origin may not push here; add it to --allowed-origins",
         )
     };
-    store_and_answer(&s, outcome, cors).await
+    let mut response = store_and_answer(&s, outcome, cors).await;
+    if timed_out {
+        // The rest of the body may still be on its way: the connection cannot be reused.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Reads at most `max` bytes of body. A larger body is still read (and dropped) up to
 /// `DRAIN_FACTOR * max`, so that the client gets its 413 instead of a reset connection; beyond
-/// that the connection is cut.
-async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
+/// that the connection is cut. What is kept counts against `budget` (KiB permits) until the
+/// returned permit is dropped: reading waits while the budget is spent.
+async fn read_body<'b>(
+    mut body: Body,
+    max: usize,
+    budget: &'b Semaphore,
+) -> Result<(Bytes, Option<SemaphorePermit<'b>>), BodyError> {
     use axum::body::HttpBody;
     use http_body_util::BodyExt;
     const DRAIN_FACTOR: usize = 16;
@@ -270,6 +315,7 @@ async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
     let mut first: Option<Bytes> = None;
     let mut joined: Vec<u8> = Vec::new();
     let mut total = 0usize;
+    let mut held: Option<SemaphorePermit<'b>> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| BodyError::Unreadable)?;
         let Ok(data) = frame.into_data() else {
@@ -281,6 +327,15 @@ async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
                 return Err(BodyError::TooLarge);
             }
             continue;
+        }
+        let kib = u32::try_from(data.len().div_ceil(1024)).unwrap_or(u32::MAX);
+        let permit = budget
+            .acquire_many(kib)
+            .await
+            .map_err(|_| BodyError::Unreadable)?;
+        match held.as_mut() {
+            Some(h) => h.merge(permit),
+            None => held = Some(permit),
         }
         if first.is_none() && joined.is_empty() {
             first = Some(data);
@@ -296,7 +351,7 @@ async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
     if total > max {
         return Err(BodyError::TooLarge);
     }
-    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
+    Ok((first.unwrap_or_else(|| Bytes::from(joined)), held))
 }
 
 async fn store_and_answer(
@@ -403,8 +458,9 @@ pub fn to_response(r: core_http::Response, cors: core_http::Headers) -> Response
     response
 }
 
-/// Runs standalone mode until `shutdown` resolves, then stops accepting, finishes in-flight
-/// requests, flushes and compacts the store.
+/// Runs standalone mode until `shutdown` resolves, then stops accepting, gives requests in
+/// progress `settings.http.shutdown_timeout` to finish, drops the rest, flushes and compacts the
+/// store.
 pub async fn run(
     settings: Settings,
     ingest_listener: TcpListener,
@@ -420,54 +476,30 @@ pub async fn run(
     );
     let store = Arc::new(store);
     let state = Standalone::new(&settings, Arc::clone(&store))?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let wait = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let stop = CancellationToken::new();
 
-    let sync_store = Arc::clone(&store);
-    let sync_telemetry = state.telemetry.clone();
-    let interval = settings.sync_interval;
-    let mut sync_stop = stop_rx.clone();
-    let syncer = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = sync_stop.wait_for(|s| *s) => break,
-            }
-            let s = Arc::clone(&sync_store);
-            let result = tokio::task::spawn_blocking(move || {
-                s.sync()?;
-                if s.log_bytes() > COMPACT_AFTER_BYTES {
-                    s.compact()?;
-                }
-                Ok::<_, pum_shared::StoreError>(())
-            })
-            .await;
-            if !matches!(result, Ok(Ok(()))) {
-                sync_telemetry
-                    .store_errors_total
-                    .with_label_values(&["write"])
-                    .inc();
-                tracing::error!(?result, "syncing the store failed");
-            }
-        }
-    });
-
-    let ingest = axum::serve(ingest_listener, ingest_app(Arc::clone(&state)))
-        .with_graceful_shutdown(wait(stop_rx.clone()));
-    let metrics = axum::serve(
+    let syncer = tokio::spawn(sync_loop(
+        Arc::clone(&state),
+        settings.sync_interval,
+        stop.clone(),
+    ));
+    let ingest = tokio::spawn(server::serve(
+        ingest_listener,
+        ingest_app(Arc::clone(&state)),
+        settings.http.clone(),
+        ConnectionMetrics::new(&state.telemetry, "ingest"),
+        stop.clone(),
+    ));
+    let metrics = tokio::spawn(server::serve(
         metrics_listener,
         metrics_app(state.registry.clone(), state.metrics_token.clone()),
-    )
-    .with_graceful_shutdown(wait(stop_rx.clone()));
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let (a, b) = tokio::join!(ingest.into_future(), metrics.into_future());
+        settings.http.for_metrics(),
+        ConnectionMetrics::new(&state.telemetry, "metrics"),
+        stop.clone(),
+    ));
+    shutdown.await;
+    stop.cancel();
+    let (a, b) = tokio::join!(ingest, metrics);
     a?;
     b?;
     let _ = syncer.await;
@@ -475,4 +507,39 @@ pub async fn run(
     tokio::task::spawn_blocking(move || closing.close()).await??;
     tracing::info!("stopped; the store is flushed");
     Ok(())
+}
+
+/// Every `interval`: fsyncs the log, and compacts it when it is large or when the store failed
+/// (a compaction that succeeds makes it durable again).
+async fn sync_loop(state: Arc<Standalone>, interval: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        let s = Arc::clone(&state.store);
+        let result = tokio::task::spawn_blocking(move || {
+            if !s.is_failed() {
+                s.sync()?;
+            }
+            if s.is_failed() || s.log_bytes() > COMPACT_AFTER_BYTES {
+                s.compact()?;
+            }
+            Ok::<_, pum_shared::StoreError>(())
+        })
+        .await;
+        if !matches!(result, Ok(Ok(()))) {
+            state
+                .telemetry
+                .store_errors_total
+                .with_label_values(&["write"])
+                .inc();
+            tracing::error!(
+                ?result,
+                "syncing the store failed; pushes are refused until it is written durably again"
+            );
+        }
+    }
 }

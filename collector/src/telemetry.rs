@@ -2,7 +2,7 @@
 //! rejections travel through the store with the data and are declared in
 //! `pum_shared::config::internal`, so that every backend reports them.)
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Buckets for store latencies, in seconds: from 50 µs to 5 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -28,6 +28,13 @@ pub struct SelfMetrics {
     /// `pum_snapshot_age_seconds`: seconds since the totals were last read successfully from
     /// the store (always 0 for the embedded store, which is read on every scrape).
     pub snapshot_age_seconds: IntGauge,
+    /// `pum_http_connections{listener="ingest"|"metrics"}`: connections open now.
+    pub connections: IntGaugeVec,
+    /// `pum_http_connections_closed_total{listener, reason}`: connections closed, by why:
+    /// `closed` (by the client, or after an answer), `header_timeout`, `idle_timeout`, `evicted`
+    /// (closed to admit a new one at the connection bound), `refused` (503 at the bound) and
+    /// `shutdown` (dropped at the shutdown deadline).
+    pub connections_closed_total: IntCounterVec,
 }
 
 impl Default for SelfMetrics {
@@ -69,17 +76,32 @@ impl SelfMetrics {
                 "Seconds since the totals were last read successfully from the store.",
             )
             .expect("valid gauge"),
+            connections: IntGaugeVec::new(
+                Opts::new("pum_http_connections", "HTTP connections open now, by listener."),
+                &["listener"],
+            )
+            .expect("valid gauge options"),
+            connections_closed_total: IntCounterVec::new(
+                Opts::new(
+                    "pum_http_connections_closed_total",
+                    "HTTP connections closed, by listener and reason (closed, header_timeout, idle_timeout, evicted, refused, shutdown).",
+                ),
+                &["listener", "reason"],
+            )
+            .expect("valid counter options"),
         }
     }
 
-    /// Registers every metric in `registry`.
+    /// Registers every metric in `registry`, except `pum_series` and `pum_series_skipped`: the
+    /// aggregate collector sets and reports those in the same pass that counts them, so they
+    /// are fresh on every scrape (registered apart, they showed the previous scrape's count).
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
         registry.register(Box::new(self.store_write_seconds.clone()))?;
         registry.register(Box::new(self.store_read_seconds.clone()))?;
         registry.register(Box::new(self.store_errors_total.clone()))?;
-        registry.register(Box::new(self.series.clone()))?;
-        registry.register(Box::new(self.series_skipped.clone()))?;
         registry.register(Box::new(self.snapshot_age_seconds.clone()))?;
+        registry.register(Box::new(self.connections.clone()))?;
+        registry.register(Box::new(self.connections_closed_total.clone()))?;
         // Both ops show from the start, so rate() works before the first error.
         self.store_errors_total.with_label_values(&["read"]);
         self.store_errors_total.with_label_values(&["write"]);

@@ -64,6 +64,7 @@ reasons! {
     NotAnArray = "not_an_array", true, 400, "The body is JSON but not an array of samples.";
     EmptyBatch = "empty_batch", true, 400, "The array holds no samples.";
     BodyTooLarge = "body_too_large", true, 413, "The body is larger than the limit.";
+    BodyTimeout = "body_timeout", true, 408, "The body did not arrive within the body timeout.";
     TooManySamples = "too_many_samples", true, 413, "The array holds more samples than the limit.";
     UnsupportedMediaType = "unsupported_media_type", true, 415, "The Content-Type is neither application/json nor text/plain.";
     OriginNotAllowed = "origin_not_allowed", true, 403, "The request's Origin is not in the origin allowlist.";
@@ -137,6 +138,8 @@ pub enum BodyError {
     TooLarge,
     /// The body could not be read (the client broke off, the platform failed to stream it).
     Unreadable,
+    /// The body did not arrive within the server's body timeout.
+    TimedOut,
 }
 
 /// What the edge knows about a request, for labels the allowlist fills in at the edge
@@ -445,6 +448,10 @@ impl Ingest {
                 ),
             ),
             BodyError::Unreadable => self.refuse(Reason::InvalidJson, "the body could not be read"),
+            BodyError::TimedOut => self.refuse(
+                Reason::BodyTimeout,
+                "the body did not arrive in time; send it whole, at once",
+            ),
         }
     }
 
