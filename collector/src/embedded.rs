@@ -51,12 +51,12 @@ const MAX_RECORD_BYTES: u32 = 16 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The directory or a file in it could not be used.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// A log holds a whole record that this version cannot read; refusing to start rather than
     /// cut it off and lose what it holds.
@@ -85,9 +85,9 @@ pub enum OpenError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
-    move |source| OpenError::Io {
+    move |error| OpenError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

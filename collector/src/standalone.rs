@@ -372,7 +372,12 @@ async fn store_and_answer(
                 .store_errors_total
                 .with_label_values(&["write"])
                 .inc();
-            tracing::error!(error = %e, "a push could not be stored");
+            // While the store is failed the sync loop reports it, once a tick, not once a push.
+            if s.store.is_failed() {
+                tracing::debug!(error = %e, "a push was refused: the store is failed");
+            } else {
+                tracing::error!(error = %e, "a push could not be stored");
+            }
             to_response(core_http::store_unavailable(), cors)
         }
     }
@@ -512,7 +517,7 @@ pub async fn run(
 /// Every `interval`: fsyncs the log, and compacts it when it is large or when the store failed
 /// (a compaction that succeeds makes it durable again).
 async fn sync_loop(state: Arc<Standalone>, interval: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -530,16 +535,19 @@ async fn sync_loop(state: Arc<Standalone>, interval: Duration, stop: Cancellatio
             Ok::<_, pum_shared::StoreError>(())
         })
         .await;
-        if !matches!(result, Ok(Ok(()))) {
-            state
-                .telemetry
-                .store_errors_total
-                .with_label_values(&["write"])
-                .inc();
-            tracing::error!(
-                ?result,
-                "syncing the store failed; pushes are refused until it is written durably again"
-            );
-        }
+        let error = match result {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        state
+            .telemetry
+            .store_errors_total
+            .with_label_values(&["write"])
+            .inc();
+        tracing::error!(
+            %error,
+            "syncing or compacting the store failed; pushes are refused until it is written durably again"
+        );
     }
 }

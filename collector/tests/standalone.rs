@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Scrape, Server};
+use common::{Server, assert_totals};
 use pum_shared::corpus::{
     bad_pushes, demo_batch as batch, demo_counter as counter, demo_histogram as histogram,
     demo_totals as expected_totals,
@@ -31,17 +31,6 @@ async fn push(
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.expect("answers are JSON");
     (status, body)
-}
-
-fn assert_totals(scrape: &Scrape, expected: &BTreeMap<String, f64>) {
-    for (series, want) in expected {
-        let got = scrape.get(series);
-        assert!(
-            (got - want).abs() < 1e-6 * want.max(1.0),
-            "{series}: got {got}, want {want}\n{}",
-            scrape.text
-        );
-    }
 }
 
 #[tokio::test]

@@ -18,7 +18,23 @@ pub struct Server {
 impl Server {
     /// Starts standalone on free ports over `data_dir`, with extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pum-collector"))
+        Server::start_limited(data_dir, extra, None)
+    }
+
+    /// Starts standalone as [`Server::start`], with its open-file limit lowered to `nofile`
+    /// (`ulimit -n`) when given.
+    pub fn start_limited(data_dir: &Path, extra: &[&str], nofile: Option<u64>) -> Server {
+        let bin = env!("CARGO_BIN_EXE_pum-collector");
+        let mut command = match nofile {
+            // `exec` keeps the child's pid the server's, so signals reach it.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .args([
                 "standalone",
                 "--ingest-listen",
@@ -73,6 +89,30 @@ impl Server {
         self.child.wait().expect("wait");
     }
 
+    /// The server's resident memory now and at its peak, in bytes (`VmRSS`, `VmHWM`).
+    pub fn rss(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc/PID/status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc/PID/status"))
+                * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -95,6 +135,19 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Asserts that every series in `expected` has its value in `scrape` (to a millionth: sums of
+/// observations print as floats).
+pub fn assert_totals(scrape: &Scrape, expected: &BTreeMap<String, f64>) {
+    for (series, want) in expected {
+        let got = scrape.get(series);
+        assert!(
+            (got - want).abs() < 1e-6 * want.max(1.0),
+            "{series}: got {got}, want {want}\n{}",
+            scrape.text
+        );
     }
 }
 
