@@ -158,6 +158,9 @@ pub struct Ingest {
     keys: OwnKeys,
 }
 
+/// One count, in fixed point.
+const ONE: u128 = 1_000_000;
+
 /// The series keys of pum's own counters, built once (cloning one shares its strings).
 #[derive(Clone, Debug)]
 struct OwnKeys {
@@ -188,6 +191,13 @@ impl OwnKeys {
         }
     }
 
+    /// Adds `n` pushes refused for `reason` to `delta`.
+    fn refused(&self, delta: &mut Aggregate, reason: Reason, n: u64) {
+        let n = u128::from(n) * ONE;
+        delta.add_counter(self.pushes[2].clone(), n);
+        delta.add_counter(self.pushes_rejected[reason as usize].clone(), n);
+    }
+
     /// Adds pum's own counters about one push to `delta`.
     fn count(
         &self,
@@ -196,15 +206,10 @@ impl OwnKeys {
         rejected: &[Rejection],
         refused: Option<Reason>,
     ) {
-        const ONE: u128 = 1_000_000;
-        let result = match (refused, rejected.is_empty()) {
-            (Some(_), _) => 2,
-            (None, true) => 0,
-            (None, false) => 1,
-        };
-        delta.add_counter(self.pushes[result].clone(), ONE);
-        if let Some(reason) = refused {
-            delta.add_counter(self.pushes_rejected[reason as usize].clone(), ONE);
+        match (refused, rejected.is_empty()) {
+            (Some(reason), _) => self.refused(delta, reason, 1),
+            (None, true) => delta.add_counter(self.pushes[0].clone(), ONE),
+            (None, false) => delta.add_counter(self.pushes[1].clone(), ONE),
         }
         if accepted > 0 {
             delta.add_counter(self.samples_accepted.clone(), accepted as u128 * ONE);
@@ -376,6 +381,33 @@ impl Ingest {
             accepted: 0,
             rejected: Vec::new(),
             refused: Some(reason),
+        }
+    }
+
+    /// The answer to a push refused by the rate limiter ([`crate::ratelimit`]): 429 with
+    /// `Retry-After`, and the JSON of every refusal. Nothing is stored for it: the adapter counts
+    /// it later with [`Ingest::count_refused`].
+    pub fn rate_limited(&self, retry_after_secs: u32) -> crate::http::Response {
+        let reason = Reason::RateLimited;
+        let message = format!("too many pushes from this address; retry in {retry_after_secs} s");
+        let body = serde_json::to_string(&Refusal {
+            error: reason,
+            message: &message,
+            rejected: None,
+        })
+        .unwrap_or_default();
+        let mut r = crate::http::Response::json(reason.status(), body);
+        r.headers
+            .push(("retry-after", retry_after_secs.to_string().into()));
+        r
+    }
+
+    /// Adds `n` pushes refused for `reason` to `delta`, a delta about to be stored: the same
+    /// counters [`Ingest::refuse`] puts in a refusal's delta, `n` times. This is how refusals
+    /// that were not stored one by one (rate limiting) get counted.
+    pub fn count_refused(&self, delta: &mut Aggregate, reason: Reason, n: u64) {
+        if n > 0 {
+            self.keys.refused(delta, reason, n);
         }
     }
 

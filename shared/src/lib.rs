@@ -12,6 +12,7 @@
 //! - [`aggregate`]: exact, mergeable aggregates ([`aggregate::Aggregate`]), in fixed point so that
 //!   merging is commutative and associative, and their snapshot encoding.
 //! - [`http`]: routing, CORS and the responses every adapter returns, as plain data.
+//! - [`ratelimit`]: per-client token buckets in bounded memory, asked before a push is read.
 //! - [`store`]: the [`store::Store`] port that the embedded, Durable Object and DynamoDB stores
 //!   implement, and (feature `conformance`) the one test suite they all pass.
 //!
@@ -23,6 +24,7 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod limits;
+pub mod ratelimit;
 pub mod store;
 
 #[cfg(feature = "conformance")]
@@ -34,6 +36,7 @@ pub use aggregate::{Aggregate, SeriesKey, SeriesValue};
 pub use config::{Allowlist, ConfigError};
 pub use ingest::{BodyError, Ingest, PushOutcome, Reason};
 pub use limits::Limits;
+pub use ratelimit::{Decision, RateLimit, RateLimiter};
 pub use store::{Store, StoreError};
 
 /// `Send` on native targets and nothing on wasm, where Worker futures and JS handles are not

@@ -541,3 +541,69 @@ fn more_series_than_the_key_cache_holds_are_all_kept_apart() {
         }
     }
 }
+
+#[test]
+fn a_rate_limited_push_is_a_429_with_retry_after_in_the_refusal_shape() {
+    let r = ingest().rate_limited(7);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.status, Reason::RateLimited.status());
+    assert!(r.headers.contains(&("retry-after", "7".into())), "{r:?}");
+    assert!(
+        r.headers
+            .contains(&("content-type", "application/json".into()))
+    );
+    insta::assert_snapshot!(r.body, @r#"{"error":"rate_limited","message":"too many pushes from this address; retry in 7 s"}"#);
+    // The same fields as any other refusal.
+    let other: serde_json::Value =
+        serde_json::from_str(&ingest().refuse(Reason::OriginNotAllowed, "no").body).expect("json");
+    let this: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    let keys = |v: &serde_json::Value| {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(keys(&this), keys(&other));
+}
+
+#[test]
+fn counted_refusals_are_n_times_what_a_refusal_counts() {
+    let ingest = ingest();
+    for reason in [Reason::RateLimited, Reason::OriginNotAllowed] {
+        let one = ingest.refuse(reason, "no").delta;
+        let mut want = Aggregate::new();
+        for _ in 0..3 {
+            want.merge(&one);
+        }
+        let mut got = Aggregate::new();
+        ingest.count_refused(&mut got, reason, 3);
+        assert_eq!(got, want, "{reason}");
+        assert_eq!(got.to_json(), want.to_json(), "{reason}");
+        assert_eq!(
+            counter(
+                &got,
+                internal::PUSHES_REJECTED,
+                &[("reason", reason.as_str())]
+            ),
+            3_000_000
+        );
+    }
+    // Carried in the delta of an accepted push, they add to its counters.
+    let out = ingest.push(
+        Some("application/json"),
+        br#"[{"metricName":"demo_feature_usage_total","metricType":"counter","labels":{"feature":"search"},"inc":1}]"#,
+    );
+    let mut delta = out.delta.clone();
+    ingest.count_refused(&mut delta, Reason::RateLimited, 2);
+    assert_eq!(
+        counter(&delta, internal::PUSHES, &[("result", "accepted")]),
+        1_000_000
+    );
+    assert_eq!(
+        counter(&delta, internal::PUSHES, &[("result", "rejected")]),
+        2_000_000
+    );
+    // None at all adds no series.
+    let mut delta = out.delta.clone();
+    ingest.count_refused(&mut delta, Reason::RateLimited, 0);
+    assert_eq!(delta, out.delta);
+}
