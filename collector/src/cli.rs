@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use pum_shared::Limits;
+use pum_shared::ratelimit::RateLimit;
 
 use crate::server::HttpLimits;
 
@@ -112,6 +113,57 @@ pub struct StandaloneArgs {
     /// HTTP timeouts and bounds.
     #[command(flatten)]
     pub http: HttpArgs,
+
+    /// Per-client rate limit.
+    #[command(flatten)]
+    pub rate: RateLimitArgs,
+}
+
+/// The per-client rate limit of pushes.
+#[derive(Debug, Args, Clone)]
+#[command(
+    next_help_heading = "Rate limit (per client address; a push over it is answered 429 rate_limited)"
+)]
+pub struct RateLimitArgs {
+    /// Sustained pushes a second one client address may send; 0 turns limiting off. A page
+    /// pushes about once every 10 s, so 50 is about 500 open pages behind one address.
+    #[arg(long, env = "PUM_RATE_LIMIT", default_value_t = RateLimit::default().per_second, value_name = "PER_SECOND")]
+    pub rate_limit: f64,
+
+    /// Pushes one address may send at once after a pause, before the sustained rate applies.
+    #[arg(long, env = "PUM_RATE_BURST", default_value_t = RateLimit::default().burst, value_name = "N")]
+    pub rate_burst: f64,
+
+    /// Most client addresses tracked at once (16 bytes each); past it, the least recently
+    /// limited are forgotten.
+    #[arg(long, env = "PUM_RATE_LIMIT_CLIENTS", default_value_t = RateLimit::default().max_clients, value_name = "N")]
+    pub rate_limit_clients: usize,
+
+    /// Header naming the client behind a trusted reverse proxy or load balancer (e.g.
+    /// X-Forwarded-For, X-Real-IP): its last address is the client's. Set it only when every
+    /// push comes through that proxy, which must set or append the header; otherwise clients
+    /// could name themselves. Without it, the connection's peer address is the client.
+    #[arg(long, env = "PUM_CLIENT_IP_HEADER", value_name = "NAME", value_parser = parse_header_name)]
+    pub client_ip_header: Option<axum::http::HeaderName>,
+}
+
+impl RateLimitArgs {
+    /// The limit these flags set, checked; an error names the flag.
+    pub fn limit(&self) -> Result<RateLimit, String> {
+        let names = ["--rate-limit", "--rate-burst", "--rate-limit-clients"];
+        RateLimit::from_vars(names, |name| {
+            Some(match name {
+                "--rate-limit" => self.rate_limit.to_string(),
+                "--rate-burst" => self.rate_burst.to_string(),
+                _ => self.rate_limit_clients.to_string(),
+            })
+        })
+    }
+}
+
+fn parse_header_name(s: &str) -> Result<axum::http::HeaderName, String> {
+    axum::http::HeaderName::from_bytes(s.trim().as_bytes())
+        .map_err(|_| format!("{s:?} is not an HTTP header name"))
 }
 
 /// Timeouts and bounds of the HTTP listeners (see the `server` module).

@@ -57,6 +57,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sync_interval: args.sync_interval,
                 metrics_token: args.metrics.metrics_token.clone(),
                 http: http_limits(&args.http),
+                rate_limit: args.rate.limit().map_err(anyhow::Error::msg)?,
+                client_ip_header: args.rate.client_ip_header.clone(),
             };
             runtime()?.block_on(async move {
                 let ingest = bind(args.ingest_listen, "--ingest-listen").await?;

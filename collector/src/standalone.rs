@@ -9,19 +9,21 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use pum_shared::http::{self as core_http, Cors};
-use pum_shared::{Allowlist, BodyError, Ingest, Limits, PushOutcome, Reason, Store};
+use pum_shared::ratelimit::{Decision, RateLimit, RateLimiter, parse_client};
+use pum_shared::{Aggregate, Allowlist, BodyError, Ingest, Limits, PushOutcome, Reason, Store};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +64,11 @@ pub struct Settings {
     pub metrics_token: Option<String>,
     /// Timeouts and connection bounds of the listeners.
     pub http: HttpLimits,
+    /// Per-client rate limit of pushes.
+    pub rate_limit: RateLimit,
+    /// Header whose last address names the client (behind a trusted proxy); else the peer's
+    /// address does.
+    pub client_ip_header: Option<HeaderName>,
 }
 
 /// Reads allowlist sources from a JSON file or a directory of `*.json` files (sorted by name),
@@ -121,10 +128,14 @@ pub struct Standalone {
     body_timeout: Duration,
     /// Permits are KiB of push body held in memory.
     body_budget: Semaphore,
+    limiter: Mutex<RateLimiter>,
+    client_ip_header: Option<HeaderName>,
+    /// The rate limiter's clock.
+    epoch: Instant,
 }
 
 impl Totals for EmbeddedStore {
-    fn with_totals(&self, f: &mut dyn FnMut(&pum_shared::Aggregate)) -> bool {
+    fn with_totals(&self, f: &mut dyn FnMut(&Aggregate)) -> bool {
         EmbeddedStore::with_totals(self, |t| f(t)).is_ok()
     }
 }
@@ -151,7 +162,52 @@ impl Standalone {
             metrics_token: settings.metrics_token.clone(),
             body_timeout: settings.http.body_timeout,
             body_budget: Semaphore::new(budget_kib),
+            limiter: Mutex::new(RateLimiter::new(settings.rate_limit.clone())),
+            client_ip_header: settings.client_ip_header.clone(),
+            epoch: Instant::now(),
         }))
+    }
+
+    /// Asks the rate limiter about the client of a push: its address from the trusted proxy
+    /// header when one is set (and parses), else the connection's peer.
+    fn rate_limit(&self, parts: &axum::http::request::Parts) -> Decision {
+        let from_header = self
+            .client_ip_header
+            .as_ref()
+            .and_then(|name| parts.headers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_client);
+        let client = from_header.or_else(|| {
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        });
+        let (Some(client), Ok(mut limiter)) = (client, self.limiter.lock()) else {
+            return Decision::Allow;
+        };
+        limiter.check(client, self.epoch.elapsed().as_millis() as u64)
+    }
+
+    /// Stores the count of pushes refused by the rate limiter since the last call (refusals cost
+    /// no store write each; they are counted here, once a sync interval).
+    async fn store_rate_limited(&self) {
+        let n = self
+            .limiter
+            .lock()
+            .map(|mut l| l.take_refused())
+            .unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        let mut delta = Aggregate::new();
+        self.ingest
+            .count_refused(&mut delta, Reason::RateLimited, n);
+        if self.store.merge("", &delta).await.is_err()
+            && let Ok(mut l) = self.limiter.lock()
+        {
+            l.return_refused(n);
+        }
     }
 }
 
@@ -257,7 +313,7 @@ async fn ingest_healthz(State(s): State<Arc<Standalone>>) -> Response {
     healthz().await
 }
 
-fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -268,6 +324,9 @@ async fn record(State(s): State<Arc<Standalone>>, request: axum::extract::Reques
     let headers = &parts.headers;
     let origin = header_str(headers, header::ORIGIN);
     let cors = s.cors.headers(origin);
+    if let Decision::Limit { retry_after_secs } = s.rate_limit(&parts) {
+        return to_response(s.ingest.rate_limited(retry_after_secs), cors);
+    }
     let max = s.ingest.limits().max_body_bytes;
     let mut timed_out = false;
     let outcome = if s.cors.allows(origin) {
@@ -444,7 +503,7 @@ pub fn to_response(r: core_http::Response, cors: core_http::Headers) -> Response
             "content-type" => header::CONTENT_TYPE,
             "access-control-allow-origin" => header::ACCESS_CONTROL_ALLOW_ORIGIN,
             "vary" => header::VARY,
-            other => match header::HeaderName::from_bytes(other.as_bytes()) {
+            other => match HeaderName::from_bytes(other.as_bytes()) {
                 Ok(name) => name,
                 Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
             },
@@ -508,6 +567,7 @@ pub async fn run(
     a?;
     b?;
     let _ = syncer.await;
+    state.store_rate_limited().await;
     let closing = Arc::clone(&store);
     tokio::task::spawn_blocking(move || closing.close()).await??;
     tracing::info!("stopped; the store is flushed");
@@ -524,6 +584,7 @@ async fn sync_loop(state: Arc<Standalone>, interval: Duration, stop: Cancellatio
             _ = tick.tick() => {}
             () = stop.cancelled() => break,
         }
+        state.store_rate_limited().await;
         let s = Arc::clone(&state.store);
         let result = tokio::task::spawn_blocking(move || {
             if !s.is_failed() {
