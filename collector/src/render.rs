@@ -202,4 +202,40 @@ mod tests {
         assert_eq!(telemetry.series_skipped.get(), 2);
         assert_eq!(telemetry.series.get(), 4);
     }
+
+    #[test]
+    fn own_gauges_are_fresh_on_the_first_scrape() {
+        struct Fixed(Aggregate);
+        impl Totals for Fixed {
+            fn with_totals(&self, f: &mut dyn FnMut(&Aggregate)) -> bool {
+                f(&self.0);
+                true
+            }
+        }
+        let mut totals = Aggregate::new();
+        totals.add_counter(SeriesKey::new("gone_total", &[]), 1);
+        totals.add_counter(
+            SeriesKey::new("demo_feature_usage_total", &[("feature", "search")]),
+            1,
+        );
+        let telemetry = SelfMetrics::new();
+        let registry = prometheus::Registry::new();
+        telemetry.register(&registry).expect("registers");
+        registry
+            .register(Box::new(AggregateCollector::new(
+                Arc::new(Allowlist::example()),
+                Arc::new(Fixed(totals)),
+                telemetry.clone(),
+            )))
+            .expect("registers");
+        let gauge = |name: &str| {
+            registry
+                .gather()
+                .iter()
+                .find(|f| f.name() == name)
+                .map(|f| f.get_metric()[0].get_gauge().get_value())
+        };
+        assert_eq!(gauge("pum_series"), Some(2.0));
+        assert_eq!(gauge("pum_series_skipped"), Some(1.0));
+    }
 }

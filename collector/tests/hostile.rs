@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, assert_totals};
+use common::{Scrape, Server, assert_totals};
 use pum_shared::corpus::{demo_batch as batch, demo_totals as expected_totals};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -51,6 +51,13 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client")
+}
+
+/// Ingest connections closed for `reason`, as `/metrics` counts them.
+fn closed(scrape: &Scrape, reason: &str) -> f64 {
+    scrape.get(&format!(
+        r#"pum_http_connections_closed_total{{listener="ingest",reason="{reason}"}}"#
+    ))
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -147,9 +154,7 @@ async fn slowloris_is_cut_within_the_header_timeout() {
     );
     let scrape = server.scrape(&client()).await;
     assert!(
-        scrape
-            .get(r#"pum_http_connections_closed_total{listener="ingest",reason="header_timeout"}"#)
-            >= n as f64,
+        closed(&scrape, "header_timeout") >= n as f64,
         "{}",
         scrape.text
     );
@@ -201,8 +206,9 @@ async fn a_trickled_body_is_answered_408_and_counted() {
 async fn idle_connections_do_not_starve_health_checks_or_pushes() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    // 1024 open files: the flood is larger than what the process may hold.
-    let server = Server::start_limited(dir.path(), &[], Some(1024));
+    // 1024 open files: the flood is larger than what the process may hold. The log is synced
+    // every 100 ms meanwhile, and must keep being synced.
+    let server = Server::start_limited(dir.path(), &["--sync-interval", "100ms"], Some(1024));
     let (before, _) = server.rss();
     let n = flood_size(2000);
     let ingest = addr(&server.ingest);
@@ -222,6 +228,7 @@ async fn idle_connections_do_not_starve_health_checks_or_pushes() {
                 .expect("connect"),
         );
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let c = client();
     let health = c
         .get(format!("{}/healthz", server.ingest))
@@ -245,14 +252,19 @@ async fn idle_connections_do_not_starve_health_checks_or_pushes() {
         mb(peak)
     );
     assert!(
-        scrape.get(r#"pum_http_connections_closed_total{listener="ingest",reason="evicted"}"#)
-            > 0.0,
+        closed(&scrape, "evicted") > 0.0,
         "the flood was over the bound, so idle connections were closed for new ones\n{}",
         scrape.text
     );
     assert!(
         scrape.get(r#"pum_http_connections{listener="ingest"}"#) <= 1024.0,
         "{}",
+        scrape.text
+    );
+    assert_eq!(
+        scrape.get(r#"pum_store_errors_total{op="write"}"#),
+        0.0,
+        "the log kept being synced during the flood\n{}",
         scrape.text
     );
     assert!(peak < 100_000_000, "peak rss {:.1} MB", mb(peak));
@@ -373,12 +385,7 @@ async fn connections_past_the_bound_are_refused_when_all_are_busy() {
     }
     assert_eq!(status, Some(200));
     let scrape = server.scrape(&client()).await;
-    assert!(
-        scrape.get(r#"pum_http_connections_closed_total{listener="ingest",reason="refused"}"#)
-            >= 1.0,
-        "{}",
-        scrape.text
-    );
+    assert!(closed(&scrape, "refused") >= 1.0, "{}", scrape.text);
 }
 
 #[tokio::test]

@@ -199,7 +199,14 @@ async fn acknowledged_pushes_survive_sigkill() {
     // No fsync has run (the interval is an hour) and no shutdown code runs.
     server.kill();
     let server = Server::start(dir.path(), &[]);
-    assert_totals(&server.scrape(&c).await, &expected_totals(&first));
+    let scrape = server.scrape(&c).await;
+    assert_totals(&scrape, &expected_totals(&first));
+    // pum's own gauges are counted in the scrape that shows them, the first one included.
+    assert!(scrape.get("pum_series") > 0.0, "{}", scrape.text);
+    assert_eq!(
+        scrape.get("pum_series"),
+        server.scrape(&c).await.get("pum_series")
+    );
     let second: Vec<Value> = (200..260).map(batch).collect();
     for b in &second {
         assert_eq!(push(&c, &server, b, "text/plain").await.0, 200);

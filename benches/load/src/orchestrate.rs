@@ -475,10 +475,11 @@ fn start_server(args: &RunArgs, target: Target) -> anyhow::Result<Server> {
                 .args(["--metrics-listen", "127.0.0.1:0"])
                 .arg("--data-dir")
                 .arg(&data)
-                // Every push comes from one address: the limiter runs (its cost is measured)
-                // but never refuses.
-                .args(["--rate-limit", "1e9", "--rate-burst", "1e9"])
                 .args(&args.pum_args);
+            // Every push comes from one address: the limiter runs (its cost is measured) but
+            // never refuses. (Variables, not flags, so that older builds run too.)
+            cmd.env("PUM_RATE_LIMIT", "1e9")
+                .env("PUM_RATE_BURST", "1e9");
         }
     }
     let mut child = cmd
