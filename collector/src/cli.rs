@@ -187,7 +187,7 @@ pub struct HttpArgs {
     /// Most connections the ingest keeps open at once. Past it, the connection that has waited
     /// longest without a request is closed to admit the new one, or the new one is answered 503
     /// when all are busy. /metrics has its own budget of 64. [default: three quarters of the
-    /// open-file limit left after 128 reserved, at most 4096; logged at start]
+    /// open-file limit left after 128 reserved, at most 2048; logged at start]
     #[arg(long, env = "PUM_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 
