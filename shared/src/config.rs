@@ -538,13 +538,19 @@ fn parse_label(raw: &Value, kind: &MetricKind) -> Result<LabelSpec, (String, Str
     let mut out = Vec::with_capacity(values.len());
     for (k, v) in values.iter().enumerate() {
         match v {
+            Value::String(s) if s.is_empty() => {
+                return Err((format!(".allowedValues[{k}]"), empty_value(name)));
+            }
             Value::String(s) => out.push(s.clone()),
             _ => return Err((format!(".allowedValues[{k}]"), "must be a string".into())),
         }
     }
     let other = match obj.get("otherValue") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err((".otherValue".into(), empty_value(name)));
+        }
+        Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err((".otherValue".into(), "must be a non-empty string".into())),
     };
     let mut label = LabelSpec::new(name, out).with_other_value(other);
@@ -565,6 +571,14 @@ fn parse_label(raw: &Value, kind: &MetricKind) -> Result<LabelSpec, (String, Str
         ));
     }
     Ok(label)
+}
+
+/// Why a label value may not be empty: Prometheus takes `label=""` for the label being absent,
+/// so `x{v=""}` and `x` would be two series of pum's and one of Prometheus's.
+fn empty_value(label: &str) -> String {
+    format!(
+        "label {label:?}: a value must not be empty (Prometheus reads an empty label value as no label, which would merge this series with the one without the label)"
+    )
 }
 
 fn is_metric_name(s: &str) -> bool {
@@ -739,6 +753,46 @@ mod tests {
             let (m, f, msg) = error(&format!(r#"{{"allowedMetrics":[{metric}]}}"#));
             assert_eq!(f.as_deref(), Some(field), "{metric}: {msg}");
             assert!(m.is_some(), "{metric}");
+        }
+    }
+
+    #[test]
+    fn empty_label_values_are_refused_naming_file_metric_and_label() {
+        let e = compile(
+            r#"{"allowedMetrics":[{"name":"x_total","help":"h","type":"counter","labels":[{"name":"v","allowedValues":["a","b",""]}]}]}"#,
+        )
+        .expect_err("an empty allowed value");
+        assert_eq!(e.source_name, "a.json");
+        assert_eq!(e.metric.as_deref(), Some("x_total"));
+        assert_eq!(e.field.as_deref(), Some("labels[0].allowedValues[2]"));
+        assert!(
+            e.message
+                .starts_with("label \"v\": a value must not be empty"),
+            "{e}"
+        );
+        let e = compile(
+            r#"{"allowedMetrics":[{"name":"y_seconds","help":"h","type":"histogram","labels":[{"name":"a","allowedValues":["1"]},{"name":"w","allowedValues":["x"],"otherValue":""}]}]}"#,
+        )
+        .expect_err("an empty otherValue");
+        assert_eq!(
+            (
+                e.source_name.as_str(),
+                e.metric.as_deref(),
+                e.field.as_deref()
+            ),
+            ("a.json", Some("y_seconds"), Some("labels[1].otherValue"))
+        );
+        assert!(
+            e.message
+                .starts_with("label \"w\": a value must not be empty"),
+            "{e}"
+        );
+        // Nothing the project ships has one.
+        for metric in Allowlist::example().metrics() {
+            for label in &metric.labels {
+                assert!(label.allowed_values.iter().all(|v| !v.is_empty()));
+                assert_ne!(label.other_value.as_deref(), Some(""));
+            }
         }
     }
 
