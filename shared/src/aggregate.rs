@@ -167,6 +167,43 @@ impl SeriesValue {
         self.combine(other, u64::saturating_add, u128::saturating_add);
     }
 
+    /// Whether [`SeriesValue::add`] of `other` keeps every total exact: no counter, sum or bucket
+    /// past its type's range, and no histogram's count (the sum of its buckets, which `_count`
+    /// and the `+Inf` bucket show) past `u64`.
+    fn can_add(&self, other: &SeriesValue) -> bool {
+        match (self, other) {
+            (SeriesValue::Counter { micros }, SeriesValue::Counter { micros: o }) => {
+                micros.checked_add(*o).is_some()
+            }
+            (
+                SeriesValue::Histogram {
+                    buckets,
+                    sum_micros,
+                },
+                SeriesValue::Histogram {
+                    buckets: ob,
+                    sum_micros: os,
+                },
+            ) => {
+                // Each bucket fits in a u64, so no sum of two of them, and no sum of at most
+                // 2^64 of those, can overflow a u128.
+                let mut count: u128 = 0;
+                for i in 0..buckets.len().max(ob.len()) {
+                    let b = buckets.get(i).copied().unwrap_or(0);
+                    let o = ob.get(i).copied().unwrap_or(0);
+                    if b.checked_add(o).is_none() {
+                        return false;
+                    }
+                    count += u128::from(b) + u128::from(o);
+                }
+                count <= u128::from(u64::MAX) && sum_micros.checked_add(*os).is_some()
+            }
+            // The histogram replaces the counter, or the counter is dropped: nothing is added.
+            (SeriesValue::Counter { .. }, SeriesValue::Histogram { .. })
+            | (SeriesValue::Histogram { .. }, SeriesValue::Counter { .. }) => true,
+        }
+    }
+
     /// Keeps, element by element, the larger of `self` and `other`: cumulative values only grow,
     /// so the larger one is the fresher read of the same shard.
     fn max_with(&mut self, other: &SeriesValue) {
@@ -207,6 +244,35 @@ impl SeriesValue {
             (SeriesValue::Counter { .. }, SeriesValue::Histogram { .. }) => *self = other.clone(),
             (SeriesValue::Histogram { .. }, SeriesValue::Counter { .. }) => {}
         }
+    }
+}
+
+/// A merge refused by [`Aggregate::try_merge`]: it would take a total of this series past what
+/// its type holds (a counter or sum past `u128::MAX` millionths, a bucket or a histogram's count
+/// past `u64::MAX`). Stores answer it as the push's fault: see
+/// [`StoreError::Overflow`](crate::StoreError::Overflow).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("adding to series {} would overflow its total", SeriesName(&self.key))]
+pub struct Overflow {
+    /// The first series found that would overflow.
+    pub key: SeriesKey,
+}
+
+/// A series as Prometheus writes it: `name{label="value",...}`.
+struct SeriesName<'a>(&'a SeriesKey);
+
+impl std::fmt::Display for SeriesName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.metric())?;
+        if self.0.labels().is_empty() {
+            return Ok(());
+        }
+        f.write_str("{")?;
+        for (i, (k, v)) in self.0.labels().iter().enumerate() {
+            let comma = if i > 0 { "," } else { "" };
+            write!(f, "{comma}{k}={v:?}")?;
+        }
+        f.write_str("}")
     }
 }
 
@@ -405,7 +471,10 @@ impl Aggregate {
         }
     }
 
-    /// Adds every series of `other` into `self`. Commutative and associative.
+    /// Adds every series of `other` into `self`. Commutative and associative. A total that
+    /// would overflow saturates: stores fold pushes into their totals with
+    /// [`Aggregate::try_merge`], and this is for sums already known to fit (records checked when
+    /// they were written, a test's expectations).
     pub fn merge(&mut self, other: &Aggregate) {
         for (key, value) in other.series.iter() {
             match self.series.get_mut(key) {
@@ -415,6 +484,29 @@ impl Aggregate {
                 }
             }
         }
+    }
+
+    /// Checks that [`Aggregate::merge`] of `other` would keep every total exact (see
+    /// [`Overflow`]), without merging. A store that checks under the lock every merge into its
+    /// totals holds may merge later under that lock, and the merge cannot saturate.
+    pub fn check_merge(&self, other: &Aggregate) -> Result<(), Overflow> {
+        for (key, value) in other.series.iter() {
+            if let Some(mine) = self.series.get(key)
+                && !mine.can_add(value)
+            {
+                return Err(Overflow { key: key.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds every series of `other` into `self` if every total stays exact; if any would
+    /// overflow, changes nothing and says which. Where it succeeds it equals
+    /// [`Aggregate::merge`]. Stores fold with it so that no total ever sticks at a ceiling.
+    pub fn try_merge(&mut self, other: &Aggregate) -> Result<(), Overflow> {
+        self.check_merge(other)?;
+        self.merge(other);
+        Ok(())
     }
 
     /// Undoes a [`Aggregate::merge`] of `other` (a store whose write failed after it merged in
@@ -656,6 +748,52 @@ mod tests {
     }
 
     #[test]
+    fn try_merge_refuses_an_overflow_and_changes_nothing() {
+        let c = SeriesKey::new("c", &[("k", "v")]);
+        let h = SeriesKey::new("h", &[]);
+        let mut totals = Aggregate::new();
+        totals.add_counter(c.clone(), u128::MAX - 5);
+        totals.add_value(h.clone(), hist(&[1, 2], 30));
+        let before = totals.clone();
+
+        // One series fits, the other does not: neither is added.
+        let mut delta = Aggregate::new();
+        delta.add_value(h.clone(), hist(&[1, 1], 1));
+        delta.add_counter(c.clone(), 6);
+        assert_eq!(totals.try_merge(&delta), Err(Overflow { key: c.clone() }));
+        assert_eq!(totals, before);
+        assert_eq!(
+            Overflow { key: c.clone() }.to_string(),
+            "adding to series c{k=\"v\"} would overflow its total"
+        );
+
+        // Up to the last unit is fine.
+        let mut delta = Aggregate::new();
+        delta.add_counter(c.clone(), 5);
+        delta.add_value(h.clone(), hist(&[1, 1], 1));
+        totals.try_merge(&delta).expect("fits exactly");
+        assert_eq!(
+            totals.get(&c),
+            Some(&SeriesValue::Counter { micros: u128::MAX })
+        );
+
+        // A bucket, a sum, and a count whose buckets each fit but whose sum does not.
+        let mut totals = Aggregate::new();
+        totals.add_value(h.clone(), hist(&[u64::MAX - 1, 0], u128::MAX - 1));
+        for (buckets, sum) in [(&[2, 0][..], 0), (&[0, 0], 2), (&[0, 2], 0)] {
+            let mut delta = Aggregate::new();
+            delta.add_value(h.clone(), hist(buckets, sum));
+            let before = totals.clone();
+            assert!(totals.try_merge(&delta).is_err(), "{buckets:?} {sum}");
+            assert_eq!(totals, before);
+        }
+        let mut delta = Aggregate::new();
+        delta.add_value(h.clone(), hist(&[1, 0, 0], 1));
+        totals.try_merge(&delta).expect("fits exactly");
+        assert_eq!(totals.get(&h).and_then(SeriesValue::count), Some(u64::MAX));
+    }
+
+    #[test]
     fn merge_max_keeps_freshest() {
         let k = SeriesKey::new("x", &[]);
         let mut seen = Aggregate::new();
@@ -700,6 +838,107 @@ mod tests {
             Aggregate::from_json("[]"),
             Err(SnapshotError::Json(_))
         ));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Totals with values anywhere in their range, near the ceilings most of all, so that
+        /// merging two of them overflows about as often as not.
+        fn arb_totals() -> impl Strategy<Value = Aggregate> {
+            let big = prop_oneof![
+                0u128..1_000,
+                (0u128..1_000).prop_map(|d| u128::MAX - d),
+                (0u128..1_000).prop_map(|d| u128::MAX / 2 - d),
+            ];
+            let count = prop_oneof![
+                0u64..1_000,
+                (0u64..1_000).prop_map(|d| u64::MAX - d),
+                (0u64..1_000).prop_map(|d| u64::MAX / 2 - d),
+                (0u64..1_000).prop_map(|d| u64::MAX / 4 - d),
+            ];
+            let counter = (0..3usize, big.clone()).prop_map(|(m, v)| {
+                (
+                    SeriesKey::new(format!("c{m}"), &[]),
+                    SeriesValue::Counter { micros: v },
+                )
+            });
+            // Three buckets always: `exact` compares bucket vectors, which padding would lengthen.
+            let histogram = (0..2usize, prop::collection::vec(count, 3), big)
+                .prop_filter(
+                    "a stored histogram's count fits in a u64",
+                    |(_, buckets, _)| {
+                        buckets.iter().map(|b| u128::from(*b)).sum::<u128>() <= u128::from(u64::MAX)
+                    },
+                )
+                .prop_map(|(m, buckets, sum)| {
+                    (
+                        SeriesKey::new(format!("h{m}"), &[]),
+                        SeriesValue::Histogram {
+                            buckets,
+                            sum_micros: sum,
+                        },
+                    )
+                });
+            prop::collection::vec(prop_oneof![counter, histogram], 0..5).prop_map(|series| {
+                let mut a = Aggregate::new();
+                for (key, value) in series {
+                    // One value per series: a total as a store holds it, never saturated.
+                    if a.get(&key).is_none() {
+                        a.add_value(key, value);
+                    }
+                }
+                a
+            })
+        }
+
+        /// Whether merging `b` into `a` is exact, judged without `can_add`: a saturating merge
+        /// was exact if subtracting `b` again gives back every series of `a`, and every
+        /// histogram's buckets add up, in a u128, to at most `u64::MAX`.
+        fn exact(a: &Aggregate, b: &Aggregate) -> bool {
+            let mut merged = a.clone();
+            merged.merge(b);
+            let counts_fit = merged.iter_unordered().all(|(_, v)| match v {
+                SeriesValue::Histogram { buckets, .. } => {
+                    buckets.iter().map(|b| u128::from(*b)).sum::<u128>() <= u128::from(u64::MAX)
+                }
+                SeriesValue::Counter { .. } => true,
+            });
+            merged.subtract(b);
+            counts_fit && a.iter_unordered().all(|(k, v)| merged.get(k) == Some(v))
+        }
+
+        proptest! {
+            #[test]
+            fn try_merge_is_merge_or_nothing(a in arb_totals(), b in arb_totals()) {
+                let mut tried = a.clone();
+                match tried.try_merge(&b) {
+                    Ok(()) => {
+                        let mut merged = a.clone();
+                        merged.merge(&b);
+                        prop_assert_eq!(&tried, &merged);
+                        prop_assert!(exact(&a, &b), "an inexact merge was taken");
+                    }
+                    Err(Overflow { key }) => {
+                        prop_assert_eq!(&tried, &a, "a refused merge changed the totals");
+                        prop_assert!(a.get(&key).is_some() && b.get(&key).is_some());
+                        prop_assert!(!exact(&a, &b), "an exact merge was refused");
+                    }
+                }
+            }
+
+            #[test]
+            fn try_merge_refuses_the_same_in_either_order(a in arb_totals(), b in arb_totals()) {
+                let mut ab = a.clone();
+                let mut ba = b.clone();
+                let (first, second) = (ab.try_merge(&b), ba.try_merge(&a));
+                prop_assert_eq!(first.is_ok(), second.is_ok());
+                if first.is_ok() {
+                    prop_assert_eq!(ab, ba);
+                }
+            }
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
-use crate::aggregate::{Aggregate, SeriesKey, to_micros};
+use crate::aggregate::{Aggregate, Overflow, SeriesKey, to_micros};
 use crate::config::{Allowlist, MetricKind, MetricSpec, internal};
 use crate::limits::Limits;
 
@@ -70,6 +70,7 @@ reasons! {
     OriginNotAllowed = "origin_not_allowed", true, 403, "The request's Origin is not in the origin allowlist.";
     RateLimited = "rate_limited", true, 429, "The client sent more pushes than the edge's rate limit allows.";
     NoValidSamples = "no_valid_samples", true, 400, "Every sample was rejected; each is listed with its reason.";
+    TotalOverflow = "total_overflow", true, 422, "Adding the push would take a stored total past what pum holds exactly; nothing of it was recorded.";
     InvalidSample = "invalid_sample", false, 400, "The sample is not a JSON object of the sample shape.";
     MissingMetricName = "missing_metric_name", false, 400, "The sample has no metricName.";
     InvalidMetricName = "invalid_metric_name", false, 400, "metricName is not a string.";
@@ -409,6 +410,19 @@ impl Ingest {
         if n > 0 {
             self.keys.refused(delta, reason, n);
         }
+    }
+
+    /// Refuses a push whose delta the store would not take because it would overflow a total
+    /// ([`crate::StoreError::Overflow`]). The answer names the metric, which the client sent;
+    /// the outcome's delta counts the refusal.
+    pub fn refuse_overflow(&self, overflow: &Overflow) -> PushOutcome {
+        self.refuse(
+            Reason::TotalOverflow,
+            &format!(
+                "adding this push would overflow the stored total of {}; nothing of it was recorded",
+                cut(overflow.key.metric(), 200)
+            ),
+        )
     }
 
     /// Splits a body into raw samples, or refuses it whole with the reason.

@@ -8,10 +8,15 @@ use std::future::Future;
 use std::sync::Mutex;
 
 use crate::SendOutsideWasm;
-use crate::aggregate::Aggregate;
+use crate::aggregate::{Aggregate, Overflow};
+use crate::ingest::{Ingest, PushOutcome};
 
-/// A store failure. Both variants are server-side: the push is answered 503 with `Retry-After`
-/// and nothing of it is applied.
+/// A store failure. Nothing of the push is applied, whichever the variant.
+///
+/// [`StoreError::Unavailable`] and [`StoreError::Corrupt`] are server-side: the push is answered
+/// 503 with `Retry-After` and counted as a store error. [`StoreError::Overflow`] is the push's
+/// own outcome, not a fault of the store: it is answered with the core's refusal
+/// ([`crate::Reason::TotalOverflow`], see [`store_push`]) and is not a store error.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached or refused the write.
@@ -20,6 +25,32 @@ pub enum StoreError {
     /// The store answered with data pum cannot read.
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// Merging the push would take a stored total past what it holds exactly. Start-up refuses
+    /// limits under which a plausible number of pushes could do this
+    /// ([`crate::Limits::check`]), so it means totals seeded from elsewhere or limits bypassed.
+    #[error(transparent)]
+    Overflow(#[from] Overflow),
+}
+
+/// Merges a push's delta into `store` and says what to answer: `outcome` if the store took it,
+/// or, if the store refused it as the push's fault ([`StoreError::Overflow`]), the core's
+/// refusal for that reason, whose own small delta (counting the refusal) is merged in its place.
+/// The result is the store's answer to the last merge: an error left is server-side, to be
+/// answered with [`crate::http::store_unavailable`].
+pub async fn store_push<S: Store>(
+    store: &S,
+    ingest: &Ingest,
+    batch_id: &str,
+    outcome: PushOutcome,
+) -> (PushOutcome, Result<(), StoreError>) {
+    match store.merge(batch_id, &outcome.delta).await {
+        Err(StoreError::Overflow(overflow)) => {
+            let refusal = ingest.refuse_overflow(&overflow);
+            let stored = store.merge(batch_id, &refusal.delta).await;
+            (refusal, stored)
+        }
+        stored => (outcome, stored),
+    }
 }
 
 /// Where aggregates live. Merges are atomic (all of a delta or none of it) and exact under
@@ -57,8 +88,7 @@ impl Store for MemoryStore {
             .totals
             .lock()
             .map_err(|_| StoreError::Unavailable("lock poisoned".into()))?;
-        totals.merge(delta);
-        Ok(())
+        Ok(totals.try_merge(delta)?)
     }
 
     async fn snapshot(&self) -> Result<Aggregate, StoreError> {
