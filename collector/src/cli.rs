@@ -36,9 +36,22 @@ pub enum Command {
     Standalone(StandaloneArgs),
     /// Read aggregates from an edge deployment's store and serve them on /metrics.
     Serve(ServeArgs),
-    /// Check an allowlist and print what it allows; exits 1 naming the file, metric and field of
-    /// the first error.
-    CheckConfig(ConfigArgs),
+    /// Check an allowlist and the push limits as standalone would run them, and print what the
+    /// allowlist allows; exits 1 naming the file, metric and field (or the flag) of the first
+    /// error.
+    CheckConfig(CheckConfigArgs),
+}
+
+/// Flags of `check-config`: the allowlist and the push limits it is checked with.
+#[derive(Debug, Args, Clone)]
+pub struct CheckConfigArgs {
+    /// The allowlist.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
+    /// Push limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Where the allowlist comes from.
@@ -318,21 +331,42 @@ pub struct LimitArgs {
     /// Largest push body in bytes.
     #[arg(long, env = "PUM_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     pub max_body_bytes: usize,
-    /// Most samples in one push.
+    /// Most samples in one push. It bounds what one push can add to a total: start-up refuses
+    /// limits under which 10^12 pushes could overflow one.
     #[arg(long, env = "PUM_MAX_SAMPLES", default_value_t = Limits::default().max_samples)]
     pub max_samples: usize,
-    /// Most observations in one histogram sample.
+    /// Most observations in one histogram sample. Start-up refuses one under which 10^12 pushes
+    /// could overflow a bucket count (at most about 92,000 with 200 samples a push).
     #[arg(long, env = "PUM_MAX_OBSERVATIONS", default_value_t = Limits::default().max_observations)]
     pub max_observations: usize,
     /// Longest label value in bytes.
     #[arg(long, env = "PUM_MAX_LABEL_VALUE_LEN", default_value_t = Limits::default().max_label_value_len)]
     pub max_label_value_len: usize,
-    /// Largest counter increment in one sample (a metric's maxValue overrides it).
+    /// Largest counter increment in one sample (a metric's maxValue overrides it). Start-up
+    /// refuses one that 10^12 pushes could overflow a total with (at most about 1.7e18 with 200
+    /// samples a push).
     #[arg(long, env = "PUM_MAX_INCREMENT", default_value_t = Limits::default().max_increment)]
     pub max_increment: f64,
-    /// Largest histogram observation (a metric's maxValue overrides it).
+    /// Largest histogram observation (a metric's maxValue overrides it). Start-up refuses one
+    /// that 10^12 pushes could overflow a sum with (at most about 1.7e16 with 200 samples of 100
+    /// observations a push).
     #[arg(long, env = "PUM_MAX_OBSERVATION", default_value_t = Limits::default().max_observation)]
     pub max_observation: f64,
+}
+
+impl LimitArgs {
+    /// The limits these flags set, checked with `allowlist` ([`Limits::check`]: no total can
+    /// overflow within a plausible number of pushes). An error about a limit names its flag.
+    pub fn check(&self, allowlist: &pum_shared::Allowlist) -> anyhow::Result<Limits> {
+        let limits = Limits::from(self);
+        limits.check(allowlist).map_err(|e| match &e.field {
+            Some(field) if e.source_name == pum_shared::limits::LIMITS_SOURCE => {
+                anyhow::anyhow!("--{}: {}", field.replace('_', "-"), e.message)
+            }
+            _ => e.into(),
+        })?;
+        Ok(limits)
+    }
 }
 
 impl From<&LimitArgs> for Limits {
@@ -380,6 +414,44 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_limit_that_could_overflow_a_total_names_its_flag() {
+        let cli = Cli::try_parse_from(["pum-collector", "check-config"]).expect("parses");
+        let Command::CheckConfig(args) = cli.command else {
+            panic!("check-config");
+        };
+        let allowlist = args.config.load().expect("the example allowlist");
+        assert_eq!(
+            args.limits.check(&allowlist).expect("the defaults pass"),
+            Limits::default()
+        );
+        let standalone = Cli::command();
+        let standalone = standalone
+            .find_subcommand("standalone")
+            .expect("standalone");
+        for (flag, value) in [
+            ("--max-increment", "1e20"),
+            ("--max-observation", "1e18"),
+            ("--max-observations", "100000"),
+            ("--max-samples", "1000000000"),
+        ] {
+            let cli = Cli::try_parse_from(["pum-collector", "check-config", flag, value])
+                .expect("parses");
+            let Command::CheckConfig(args) = cli.command else {
+                panic!("check-config");
+            };
+            let e = args.limits.check(&allowlist).expect_err(flag).to_string();
+            assert!(e.starts_with(&format!("{flag}: ")), "{e}");
+            let name = flag.trim_start_matches('-');
+            assert!(
+                standalone
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some(name)),
+                "standalone takes {flag}"
+            );
+        }
     }
 
     #[test]

@@ -34,7 +34,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig(args) => {
-            let list = args.load()?;
+            let list = args.config.load()?;
+            args.limits.check(&list)?;
             for m in list.metrics() {
                 let labels: Vec<String> = m
                     .labels
@@ -49,9 +50,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Standalone(args) => {
             let allowlist = args.config.load()?;
+            let limits = args.limits.check(&allowlist)?;
             let settings = Settings {
                 allowlist,
-                limits: (&args.limits).into(),
+                limits,
                 cors: Cors::parse(&args.allowed_origins),
                 data_dir: args.data_dir.clone(),
                 sync_interval: args.sync_interval,

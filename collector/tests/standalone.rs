@@ -480,3 +480,118 @@ async fn a_body_sent_in_chunks_is_read_whole() {
     let scrape = server.scrape(&client()).await;
     assert_totals(&scrape, &expected_totals(&[batch(0)]));
 }
+
+/// Runs `pum-collector` with `args` to its end; returns its exit code and its stderr.
+fn run_to_end(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pum-collector"))
+        .args(args)
+        .env("PUM_LOG", "warn")
+        .output()
+        .expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check-config` and `standalone` (on a fresh data directory) with `config` as the allowlist
+/// and `extra` flags; returns what each printed on stderr, after checking that both exited 1 and
+/// that standalone created nothing.
+fn both_refuse(config: &str, extra: &[&str]) -> (String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("shop.json");
+    std::fs::write(&cfg, config).expect("write");
+    let data = dir.path().join("data");
+    let extra: Vec<&std::ffi::OsStr> = extra.iter().map(std::ffi::OsStr::new).collect();
+    let mut check: Vec<&std::ffi::OsStr> = vec!["check-config".as_ref(), "--config".as_ref()];
+    check.push(cfg.as_os_str());
+    check.extend(&extra);
+    let (code, check_err) = run_to_end(&check);
+    assert_eq!(code, Some(1), "check-config refuses: {check_err}");
+    let mut start: Vec<&std::ffi::OsStr> = vec![
+        "standalone".as_ref(),
+        "--ingest-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--metrics-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+    ];
+    start.extend(&extra);
+    let (code, start_err) = run_to_end(&start);
+    assert_eq!(code, Some(1), "standalone does not start: {start_err}");
+    assert!(!data.exists(), "nothing is started on a refused config");
+    (check_err, start_err)
+}
+
+#[test]
+fn an_empty_label_value_is_refused_at_start_up_naming_file_metric_and_label() {
+    let (check, start) = both_refuse(
+        r#"{"allowedMetrics":[{"name":"x_total","help":"h","type":"counter","labels":[{"name":"v","allowedValues":["a",""]}]}]}"#,
+        &[],
+    );
+    for err in [check, start] {
+        assert!(err.contains("shop.json"), "{err}");
+        assert!(err.contains("metric \"x_total\""), "{err}");
+        assert!(
+            err.contains("field \"labels[0].allowedValues[1]\": label \"v\""),
+            "{err}"
+        );
+    }
+    let (check, _) = both_refuse(
+        r#"{"allowedMetrics":[{"name":"x_total","help":"h","type":"counter","labels":[{"name":"v","allowedValues":["a"],"otherValue":""}]}]}"#,
+        &[],
+    );
+    assert!(
+        check.contains("metric \"x_total\": field \"labels[0].otherValue\": label \"v\""),
+        "{check}"
+    );
+}
+
+#[test]
+fn a_max_value_or_limit_that_could_overflow_a_total_is_refused_at_start_up() {
+    let (check, start) = both_refuse(
+        r#"{"allowedMetrics":[{"name":"bytes_total","help":"h","type":"counter","maxValue":1e300}]}"#,
+        &[],
+    );
+    for err in [check, start] {
+        assert!(
+            err.contains(
+                "shop.json: metric \"bytes_total\": field \"maxValue\": 1e300 could overflow"
+            ),
+            "{err}"
+        );
+    }
+    let ok = r#"{"allowedMetrics":[{"name":"bytes_total","help":"h","type":"counter","maxValue":1e15}]}"#;
+    let (check, start) = both_refuse(ok, &["--max-increment", "1e20"]);
+    for err in [check, start] {
+        assert!(
+            err.contains("--max-increment: 1e20 could overflow"),
+            "{err}"
+        );
+    }
+    let (_, start) = both_refuse(ok, &["--max-observations", "1000000"]);
+    assert!(start.contains("--max-observations: "), "{start}");
+    // What is safe depends on the flags: 1e19 a sample is not with 200 samples a push, and is
+    // with 10.
+    let big = r#"{"allowedMetrics":[{"name":"bytes_total","help":"h","type":"counter","maxValue":1e19}]}"#;
+    let (check, _) = both_refuse(big, &[]);
+    assert!(
+        check.contains("field \"maxValue\": 1e19 could overflow"),
+        "{check}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("shop.json");
+    std::fs::write(&cfg, big).expect("write");
+    let args = [
+        "check-config".as_ref(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--max-samples".as_ref(),
+        "10".as_ref(),
+    ];
+    let (code, err) = run_to_end(&args);
+    assert_eq!(code, Some(0), "{err}");
+}

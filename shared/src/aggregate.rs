@@ -428,12 +428,19 @@ impl Aggregate {
     }
 
     /// Adds `micros` to a counter series.
+    ///
+    /// Within one push's delta the addition saturates rather than fails, and cannot reach the
+    /// ceiling: [`Limits::check`](crate::Limits::check) refuses, at start-up, any maximum for
+    /// which one push could add more than `u128::MAX /`
+    /// [`PLAUSIBLE_PUSHES`](crate::limits::PLAUSIBLE_PUSHES) to a series.
     pub fn add_counter(&mut self, key: SeriesKey, micros: u128) {
         self.add_value(key, SeriesValue::Counter { micros });
     }
 
     /// Records observations, each `(bucket index, value in millionths)`, in a histogram with
-    /// `bucket_count` buckets (including `+Inf`).
+    /// `bucket_count` buckets (including `+Inf`). Saturating, for the reason given at
+    /// [`Aggregate::add_counter`]: within one push the caps keep every count and sum far below
+    /// the ceiling.
     pub fn observe_all(
         &mut self,
         key: SeriesKey,

@@ -94,6 +94,18 @@ pub enum Origin {
     Internal,
 }
 
+impl Origin {
+    /// The source name a [`ConfigError`] about the metric gives: the file, or the pack; `None`
+    /// for pum's own metrics.
+    pub fn source_name(&self) -> Option<String> {
+        match self {
+            Origin::Config(name) => Some(name.clone()),
+            Origin::Pack(pack) => Some(format!("built-in pack {pack:?}")),
+            Origin::Internal => None,
+        }
+    }
+}
+
 /// Where the edge takes a label's value from, for labels the push does not set (extension
 /// `"source"` of a label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,14 +248,10 @@ impl Allowlist {
         let mut list = Allowlist::default();
         list.add_internal();
         if browser_pack {
-            list.add_source(
-                Origin::Pack("browser"),
-                "built-in pack \"browser\"",
-                BROWSER_PACK,
-            )?;
+            list.add_source(Origin::Pack("browser"), BROWSER_PACK)?;
         }
         for (name, text) in sources {
-            list.add_source(Origin::Config(name.to_owned()), name, text)?;
+            list.add_source(Origin::Config(name.to_owned()), text)?;
         }
         Ok(list)
     }
@@ -329,14 +337,10 @@ impl Allowlist {
         }
     }
 
-    fn add_source(
-        &mut self,
-        origin: Origin,
-        source_name: &str,
-        text: &str,
-    ) -> Result<(), ConfigError> {
+    fn add_source(&mut self, origin: Origin, text: &str) -> Result<(), ConfigError> {
+        let source_name = origin.source_name().unwrap_or_default();
         let err = |metric: Option<String>, field: Option<String>, message: String| ConfigError {
-            source_name: source_name.to_owned(),
+            source_name: source_name.clone(),
             metric,
             field,
             message,

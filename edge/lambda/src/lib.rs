@@ -48,7 +48,8 @@ impl Config {
     /// - `PUM_ALLOWED_ORIGINS`: comma-separated origins allowed to push; `*` (the default) for
     ///   any.
     ///
-    /// A bad allowlist fails the cold start with an error naming the variable, metric and field.
+    /// A bad allowlist fails the cold start with an error naming the variable, metric and field;
+    /// so does a metric's `maxValue` that could overflow a total ([`Limits::check`]).
     pub fn from_env(
         var: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, pum_shared::ConfigError> {
@@ -68,10 +69,12 @@ impl Config {
                 browser_pack,
             )?,
         };
+        let limits = Limits::default();
+        limits.check(&allowlist)?;
         Ok(Config {
             allowlist,
             cors: Cors::parse(&var("PUM_ALLOWED_ORIGINS").unwrap_or_else(|| "*".into())),
-            limits: Limits::default(),
+            limits,
         })
     }
 }

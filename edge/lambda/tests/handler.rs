@@ -333,17 +333,29 @@ async fn a_store_failure_is_a_503_with_retry_after_and_cors() {
     );
 }
 
+/// The cold start's error with `allowlist` as `PUM_ALLOWLIST_JSON`.
+fn refused(allowlist: &str) -> pum_shared::ConfigError {
+    Config::from_env(|name| (name == "PUM_ALLOWLIST_JSON").then(|| allowlist.to_owned()))
+        .expect_err("the allowlist is refused")
+}
+
 #[test]
 fn a_bad_allowlist_names_the_variable_metric_and_field() {
-    let err = Config::from_env(|name| {
-        (name == "PUM_ALLOWLIST_JSON").then(|| {
-            r#"{"allowedMetrics": [{"name": "x_total", "help": "h", "type": "gauge", "labels": []}]}"#
-                .to_owned()
-        })
-    })
-    .expect_err("a gauge is not allowed");
+    let err = refused(
+        r#"{"allowedMetrics": [{"name": "x_total", "help": "h", "type": "gauge", "labels": []}]}"#,
+    );
     let text = err.to_string();
     assert!(text.contains("PUM_ALLOWLIST_JSON"), "{text}");
     assert!(text.contains("x_total"), "{text}");
     assert!(text.contains("type"), "{text}");
+}
+
+#[test]
+fn a_max_value_that_could_overflow_a_total_fails_the_cold_start() {
+    let err = refused(
+        r#"{"allowedMetrics": [{"name": "x_total", "help": "h", "type": "counter", "maxValue": 1e300}]}"#,
+    );
+    assert_eq!(err.source_name, "PUM_ALLOWLIST_JSON");
+    assert_eq!(err.metric.as_deref(), Some("x_total"));
+    assert_eq!(err.field.as_deref(), Some("maxValue"));
 }

@@ -73,6 +73,9 @@ impl Settings {
             }
         }
         .map_err(|e| e.to_string())?;
+        // The Worker runs on the default limits; a metric's maxValue could still be too large.
+        let limits = Limits::default();
+        limits.check(&allowlist).map_err(|e| e.to_string())?;
         let shards = match var("SHARDS").as_deref().map(str::trim) {
             None | Some("") => DEFAULT_SHARDS,
             Some(s) => match s.parse::<u32>() {
@@ -85,7 +88,7 @@ impl Settings {
             },
         };
         Ok(Settings {
-            ingest: Ingest::new(allowlist, Limits::default()),
+            ingest: Ingest::new(allowlist, limits),
             cors: Cors::parse(var("ALLOWED_ORIGINS").as_deref().unwrap_or("*")),
             shards,
             export_token: var("EXPORT_TOKEN").filter(|t| !t.is_empty()),
@@ -165,6 +168,21 @@ mod tests {
         )])
         .expect_err("bad type");
         assert!(e.contains("ALLOWLIST_JSON[0]") && e.contains('x'), "{e}");
+        let e = settings(&[(
+            "ALLOWLIST_JSON",
+            r#"{"allowedMetrics":[{"name":"x_total","help":"h","type":"counter","maxValue":1e300}]}"#,
+        )])
+        .expect_err("a maxValue that could overflow a total");
+        assert!(
+            e.starts_with("ALLOWLIST_JSON: metric \"x_total\": field \"maxValue\": "),
+            "{e}"
+        );
+        let e = settings(&[(
+            "ALLOWLIST_JSON",
+            r#"{"allowedMetrics":[{"name":"x_total","help":"h","type":"counter","labels":[{"name":"v","allowedValues":[""]}]}]}"#,
+        )])
+        .expect_err("an empty label value");
+        assert!(e.contains("\"labels[0].allowedValues[0]\""), "{e}");
         assert!(settings(&[("SHARDS", "0")]).is_err());
         assert!(settings(&[("SHARDS", "many")]).is_err());
         assert!(settings(&[("BROWSER_PACK", "yes")]).is_err());
