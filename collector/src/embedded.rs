@@ -346,6 +346,10 @@ impl EmbeddedStore {
         }
         let (batch, leader) = {
             let mut q = Self::locked(&self.queue)?;
+            // A push that would overflow a total is refused before anything is queued, so it
+            // writes nothing to the log. Every merge into the totals happens under the queue's
+            // lock, which is held from here to `apply`: nothing can be added in between.
+            Self::locked(&self.totals)?.check_merge(delta)?;
             let keep = q.buf.len();
             match self.encode(delta, &mut q.buf) {
                 Ok(strings) => q.strings = strings,
@@ -1106,6 +1110,23 @@ mod tests {
             14,
             "acknowledged pushes kept, refused ones absent"
         );
+    }
+
+    #[test]
+    fn a_push_that_would_overflow_a_total_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, _) = EmbeddedStore::open(dir.path()).expect("open");
+        s.merge_sync(&delta(u128::MAX - 1)).expect("merge");
+        let written = s.log_bytes();
+        let err = s.merge_sync(&delta(2)).expect_err("overflows");
+        assert!(matches!(err, StoreError::Overflow(_)), "{err}");
+        assert_eq!(s.log_bytes(), written, "nothing of it reaches the log");
+        assert_eq!(total(&s), u128::MAX - 1);
+        s.merge_sync(&delta(1)).expect("what fits is taken");
+        drop(s);
+        let (s, rec) = EmbeddedStore::open(dir.path()).expect("reopen");
+        assert_eq!(rec.replayed, 2);
+        assert_eq!(total(&s), u128::MAX);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
+use pum_shared::aggregate::Overflow;
 use pum_shared::{Aggregate, Allowlist, StoreError};
 use tokio::net::TcpListener;
 
@@ -42,20 +43,23 @@ struct LatestInner {
 }
 
 impl Latest {
-    /// Folds one read into the totals.
-    pub fn update(&self, read: Vec<(String, Aggregate)>, now: Instant) {
+    /// Folds one read into the totals. If the shards' sum would overflow a total, the totals
+    /// served stay the last ones that were exact (nothing is pinned at a ceiling), and the error
+    /// says which series; the snapshot age then grows, which the alert rules watch.
+    pub fn update(&self, read: Vec<(String, Aggregate)>, now: Instant) -> Result<(), Overflow> {
         let Ok(mut inner) = self.inner.write() else {
-            return;
+            return Ok(());
         };
         for (shard, agg) in read {
             inner.shards.entry(shard).or_default().merge_max(&agg);
         }
         let mut total = Aggregate::new();
         for agg in inner.shards.values() {
-            total.merge(agg);
+            total.try_merge(agg)?;
         }
         inner.total = total;
         inner.last_ok = Some(now);
+        Ok(())
     }
 
     /// When the last successful read was.
@@ -116,15 +120,17 @@ pub async fn run<S: Source>(
             let timer = reader_telemetry.store_read_seconds.start_timer();
             let result = source.read().await;
             timer.observe_duration();
-            match result {
-                Ok(read) => reader_latest.update(read, Instant::now()),
-                Err(e) => {
-                    reader_telemetry
-                        .store_errors_total
-                        .with_label_values(&["read"])
-                        .inc();
-                    tracing::warn!(error = %e, "reading the store failed; serving the last totals");
-                }
+            let folded = result.and_then(|read| {
+                reader_latest
+                    .update(read, Instant::now())
+                    .map_err(StoreError::from)
+            });
+            if let Err(e) = folded {
+                reader_telemetry
+                    .store_errors_total
+                    .with_label_values(&["read"])
+                    .inc();
+                tracing::warn!(error = %e, "reading the store failed; serving the last totals");
             }
             let age = reader_latest.last_ok().unwrap_or(started).elapsed();
             reader_telemetry
@@ -173,12 +179,20 @@ mod tests {
     fn stale_reads_never_go_backwards_and_shards_add_up() {
         let latest = Latest::default();
         let now = Instant::now();
-        latest.update(vec![("a".into(), agg(10)), ("b".into(), agg(5))], now);
+        let update = |read: Vec<(&str, u128)>| {
+            let read = read.into_iter().map(|(s, n)| (s.to_owned(), agg(n)));
+            latest.update(read.collect(), now)
+        };
+        update(vec![("a", 10), ("b", 5)]).expect("fits");
         assert_eq!(total(&latest), 15);
         // Shard a read from a stale replica; shard b missing from this read.
-        latest.update(vec![("a".into(), agg(7))], now);
+        update(vec![("a", 7)]).expect("fits");
         assert_eq!(total(&latest), 15);
-        latest.update(vec![("a".into(), agg(12)), ("b".into(), agg(6))], now);
+        update(vec![("a", 12), ("b", 6)]).expect("fits");
+        assert_eq!(total(&latest), 18);
+        // Shards whose sum would overflow: the last exact totals stay.
+        let e = update(vec![("a", u128::MAX - 5)]).expect_err("overflows");
+        assert_eq!(e.key, SeriesKey::new("x_total", &[]));
         assert_eq!(total(&latest), 18);
     }
 }

@@ -23,6 +23,7 @@ use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use pum_shared::http::{self as core_http, Cors};
 use pum_shared::ratelimit::{Decision, RateLimit, RateLimiter, parse_client};
+use pum_shared::store::store_push;
 use pum_shared::{Aggregate, Allowlist, BodyError, Ingest, Limits, PushOutcome, Reason, Store};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -419,7 +420,9 @@ async fn store_and_answer(
     cors: core_http::Headers,
 ) -> Response {
     let timer = s.telemetry.store_write_seconds.start_timer();
-    let stored = s.store.merge("", &outcome.delta).await;
+    // A push that would overflow a total comes back as the core's refusal (merged in its place,
+    // so that it is counted), not as a store error.
+    let (outcome, stored) = store_push(&*s.store, &s.ingest, "", outcome).await;
     timer.observe_duration();
     match stored {
         Ok(()) => to_response(

@@ -595,3 +595,94 @@ fn a_max_value_or_limit_that_could_overflow_a_total_is_refused_at_start_up() {
     let (code, err) = run_to_end(&args);
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// The snapshot file of the embedded store, as a test writes it to seed totals.
+fn seed_snapshot(data_dir: &std::path::Path, series: Value) {
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let snapshot = json!({"generation": 0, "totals": {"v": 1, "series": series}});
+    std::fs::write(data_dir.join("snapshot.json"), snapshot.to_string()).expect("seed");
+}
+
+/// The exact counter totals in a data directory's snapshot, by `metric{label}` as the snapshot
+/// names them.
+fn snapshot_counters(data_dir: &std::path::Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(data_dir.join("snapshot.json")).expect("snapshot");
+    let snapshot: Value = serde_json::from_str(&text).expect("json");
+    snapshot["totals"]["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .filter_map(|s| {
+            let counter = s["counter"].as_str()?.to_owned();
+            Some((format!("{}{}", s["metric"].as_str()?, s["labels"]), counter))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_push_that_would_overflow_a_total_is_refused_and_nothing_sticks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // Half a unit below the most a counter holds, in millionths.
+    let seeded = u128::MAX - 500_000;
+    seed_snapshot(
+        &data,
+        json!([{"metric": "demo_feature_usage_total", "labels": {"feature": "search"}, "counter": seeded.to_string()}]),
+    );
+    let c = client();
+    let server = Server::start(&data, &[]);
+    let search = "demo_feature_usage_total{feature=\"search\"}";
+    let share = "demo_feature_usage_total{feature=\"share\"}";
+    let refused = "pum_pushes_rejected_total{reason=\"total_overflow\"}";
+    let before = server.scrape(&c).await;
+    assert!(before.get(search) > 3.4e32, "{}", before.text);
+
+    let (status, body) = push(&c, &server, &json!([counter("search", 1.0)]), "text/plain").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"], "total_overflow", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("demo_feature_usage_total")),
+        "{body}"
+    );
+    // A push with another series too is refused whole: nothing of it is recorded.
+    let both = json!([counter("share", 1.0), counter("search", 0.6)]);
+    let (status, body) = push(&c, &server, &both, "application/json").await;
+    assert_eq!((status, &body["error"]), (422, &json!("total_overflow")));
+    // Another series, and what still fits of this one, are taken.
+    let (status, body) = push(&c, &server, &json!([counter("share", 1.0)]), "text/plain").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = push(&c, &server, &json!([counter("search", 0.4)]), "text/plain").await;
+    assert_eq!(status, 200, "{body}");
+
+    let scrape = server.scrape(&c).await;
+    assert_eq!(scrape.get(search), before.get(search));
+    assert_eq!(scrape.get(share), 1.0);
+    assert_eq!(scrape.get(refused), 2.0, "{}", scrape.text);
+    assert_eq!(scrape.get("pum_pushes_total{result=\"rejected\"}"), 2.0);
+    assert_eq!(scrape.get("pum_store_errors_total{op=\"write\"}"), 0.0);
+
+    // The log replays to the same totals (no shutdown code runs), then a clean stop writes them
+    // exactly into the snapshot.
+    server.kill();
+    let server = Server::start(&data, &[]);
+    let replayed = server.scrape(&c).await;
+    for series in [search, share, refused] {
+        assert_eq!(replayed.get(series), scrape.get(series), "{series}");
+    }
+    assert!(server.terminate().success());
+    let exact = snapshot_counters(&data);
+    assert_eq!(
+        exact[r#"demo_feature_usage_total{"feature":"search"}"#],
+        (seeded + 400_000).to_string()
+    );
+    assert_eq!(
+        exact[r#"demo_feature_usage_total{"feature":"share"}"#],
+        "1000000"
+    );
+    assert_eq!(
+        exact[r#"pum_pushes_rejected_total{"reason":"total_overflow"}"#],
+        "2000000"
+    );
+}
