@@ -314,8 +314,9 @@ impl EmbeddedStore {
         Ok(dict.len())
     }
 
+    /// Merges `delta` into the totals, or nothing if a total would overflow.
     fn apply(&self, delta: &Aggregate) -> Result<(), StoreError> {
-        Self::locked(&self.totals)?.merge(delta);
+        Self::locked(&self.totals)?.try_merge(delta)?;
         Ok(())
     }
 
@@ -346,10 +347,8 @@ impl EmbeddedStore {
         }
         let (batch, leader) = {
             let mut q = Self::locked(&self.queue)?;
-            // A push that would overflow a total is refused before anything is queued, so it
-            // writes nothing to the log. Every merge into the totals happens under the queue's
-            // lock, which is held from here to `apply`: nothing can be added in between.
-            Self::locked(&self.totals)?.check_merge(delta)?;
+            // A push that would overflow a total is refused by `apply`, and its record taken off
+            // the queue again before the queue's lock is released: it writes nothing to the log.
             let keep = q.buf.len();
             match self.encode(delta, &mut q.buf) {
                 Ok(strings) => q.strings = strings,
