@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use pum_shared::aggregate::{SeriesKey, SeriesValue};
+use pum_shared::aggregate::{Overflow, SeriesKey, SeriesValue};
 use pum_shared::config::internal;
 
 /// The group of the shared item that holds pum's per-push counters.
@@ -196,6 +196,12 @@ pub fn components(value: &SeriesValue) -> Vec<(Component, u128)> {
     }
 }
 
+/// Adds `value` to a total read so far, if the sum fits.
+fn add_to(total: &mut Option<u128>, value: u128) -> Option<()> {
+    *total = Some(total.unwrap_or(0).checked_add(value)?);
+    Some(())
+}
+
 /// Collects components read back from items into series values.
 #[derive(Debug, Default)]
 pub struct SeriesBuilder {
@@ -211,20 +217,25 @@ struct Parts {
 
 impl SeriesBuilder {
     /// Adds one component read from an item. Components of one series met twice (which the item
-    /// design never produces within one shard) are added.
-    pub fn add(&mut self, key: SeriesKey, component: Component, value: u128) {
-        let parts = self.series.entry(key).or_default();
-        match component {
-            Component::Counter => {
-                parts.counter = Some(parts.counter.unwrap_or(0).saturating_add(value))
-            }
-            Component::Sum => parts.sum = Some(parts.sum.unwrap_or(0).saturating_add(value)),
-            Component::Bucket(i) => {
-                let n = u64::try_from(value).unwrap_or(u64::MAX);
+    /// design never produces within one shard) are added. A value past what pum holds (a bucket
+    /// count past `u64`, a sum past `u128`) is refused, never saturated: the reader reports it.
+    pub fn add(
+        &mut self,
+        key: SeriesKey,
+        component: Component,
+        value: u128,
+    ) -> Result<(), Overflow> {
+        let parts = self.series.entry(key.clone()).or_default();
+        let added = match component {
+            Component::Counter => add_to(&mut parts.counter, value),
+            Component::Sum => add_to(&mut parts.sum, value),
+            Component::Bucket(i) => u64::try_from(value).ok().and_then(|n| {
                 let b = parts.buckets.entry(i).or_default();
-                *b = b.saturating_add(n);
-            }
-        }
+                *b = b.checked_add(n)?;
+                Some(())
+            }),
+        };
+        added.ok_or(Overflow { key })
     }
 
     /// The series. A series with any histogram component is a histogram (as the core's merge
@@ -401,9 +412,40 @@ mod tests {
         let mut b = SeriesBuilder::default();
         let key = SeriesKey::new("h", &[]);
         for (c, n) in components(&v) {
-            b.add(key.clone(), c, n);
+            b.add(key.clone(), c, n).expect("fits");
         }
         assert_eq!(b.build().collect::<Vec<_>>(), vec![(key, v)]);
+    }
+
+    #[test]
+    fn components_past_what_pum_holds_are_refused_not_saturated() {
+        let key = SeriesKey::new("h", &[]);
+        let overflow = Err(Overflow { key: key.clone() });
+        let mut b = SeriesBuilder::default();
+        b.add(key.clone(), Component::Sum, u128::MAX).expect("fits");
+        assert_eq!(b.add(key.clone(), Component::Sum, 1), overflow);
+        b.add(key.clone(), Component::Bucket(0), u128::from(u64::MAX))
+            .expect("fits");
+        assert_eq!(b.add(key.clone(), Component::Bucket(0), 1), overflow);
+        assert_eq!(
+            b.add(key.clone(), Component::Bucket(1), u128::from(u64::MAX) + 1),
+            overflow
+        );
+        let mut c = SeriesBuilder::default();
+        c.add(key.clone(), Component::Counter, u128::MAX - 1)
+            .expect("fits");
+        assert_eq!(c.add(key.clone(), Component::Counter, 2), overflow);
+        let built: Vec<_> = c.build().collect();
+        assert_eq!(
+            built,
+            vec![(
+                key,
+                SeriesValue::Counter {
+                    micros: u128::MAX - 1
+                }
+            )],
+            "a refused component changes nothing"
+        );
     }
 
     #[test]

@@ -47,6 +47,21 @@
 //! Reading ([`DynamoStore::read_shards`], [`Store::snapshot`]) scans the aggregates table page
 //! by page and sums. The collector folds each `{region}#{shard}` separately with `merge_max`, so
 //! an eventually consistent read can never make a counter go backwards.
+//!
+//! ## Overflow
+//!
+//! A push's `ADD`s are its fold: they commit in the transaction that acknowledges it, so this
+//! store does not check totals before writing (that would cost a read per push) and never
+//! answers [`StoreError::Overflow`]. A DynamoDB number holds 38 significant digits (about 1e38
+//! millionths, 1e32 units), less than a `u128` (3.4e38). What keeps that out of reach is the
+//! start-up check the Lambda runs ([`pum_shared::Limits::check`] in `Config::from_env`): no metric
+//! may accept values for which [`pum_shared::limits::PLAUSIBLE_PUSHES`] (10^12) pushes could take
+//! a total past 3.4e38, and each item holds only one region's share of one of `shards` shards.
+//! Should an `ADD` still need a 39th digit, DynamoDB refuses it (AWS documents an exception for
+//! numbers past 38 digits of precision): the transaction is cancelled, the push is answered 503
+//! and nothing of it is applied, so no total is ever pinned at a ceiling. Reading sums items
+//! with checked arithmetic: a sum past what pum holds is reported as [`StoreError::Corrupt`],
+//! never rounded down to a ceiling.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hasher};
@@ -480,8 +495,10 @@ impl Store for DynamoStore {
 
     async fn snapshot(&self) -> Result<Aggregate, StoreError> {
         let mut total = Aggregate::new();
-        for (_, agg) in self.read_shards().await? {
-            total.merge(&agg);
+        for (shard, agg) in self.read_shards().await? {
+            total
+                .try_merge(&agg)
+                .map_err(|e| StoreError::Corrupt(format!("summing shard {shard}: {e}")))?;
         }
         Ok(total)
     }
@@ -512,7 +529,9 @@ fn read_item(
             _ => None,
         }
         .ok_or_else(|| corrupt(format!("item {pk:?}: attribute {name:?} is not a count")))?;
-        builder.add(series, component, n);
+        builder
+            .add(series, component, n)
+            .map_err(|e| corrupt(format!("item {pk:?}: {e}")))?;
     }
     Ok(())
 }

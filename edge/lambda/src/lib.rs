@@ -19,6 +19,7 @@ use lambda_http::http::{HeaderMap, Method, header};
 use lambda_http::{Body, Request, RequestExt, Response};
 use pum_shared::http::{self as core_http, Cors};
 use pum_shared::ingest::RequestContext;
+use pum_shared::store::store_push;
 use pum_shared::{Allowlist, BodyError, Ingest, Limits, PushOutcome, Reason, Store};
 
 /// The browser client, as built from `static/src`.
@@ -171,7 +172,9 @@ async fn record<S: Store>(app: &App<S>, req: &Request) -> Response<Body> {
 }
 
 /// Merges the push's delta, then answers; a store failure is a 503 with `Retry-After` and
-/// nothing of the push applied.
+/// nothing of the push applied. A push that would overflow a total is answered with the core's
+/// refusal ([`pum_shared::store::store_push`]); DynamoDB adds without that check (see
+/// `pum_dynamodb`'s docs on overflow), other stores may make it.
 async fn store_and_answer<S: Store>(
     app: &App<S>,
     req: &Request,
@@ -183,7 +186,8 @@ async fn store_and_answer<S: Store>(
         .lambda_context_ref()
         .map(|c| c.request_id.clone())
         .unwrap_or_default();
-    match app.store.merge(&batch_id, &outcome.delta).await {
+    let (outcome, stored) = store_push(&app.store, &app.ingest, &batch_id, outcome).await;
+    match stored {
         Ok(()) => respond(
             core_http::Response::json(outcome.status, outcome.body),
             cors,

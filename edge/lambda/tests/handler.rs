@@ -359,3 +359,38 @@ fn a_max_value_that_could_overflow_a_total_fails_the_cold_start() {
     assert_eq!(err.metric.as_deref(), Some("x_total"));
     assert_eq!(err.field.as_deref(), Some("maxValue"));
 }
+
+#[tokio::test]
+async fn a_push_that_would_overflow_a_total_is_refused_and_counted() {
+    let store = MemoryStore::new();
+    let mut seeded = Aggregate::new();
+    seeded.add_counter(
+        SeriesKey::new("demo_feature_usage_total", &[("feature", "search")]),
+        u128::MAX,
+    );
+    store.merge("seed", &seeded).await.expect("seed");
+    let app = App::new(config(&[]), store);
+    let body = br#"[{"metricName":"demo_feature_usage_total","metricType":"counter","labels":{"feature":"search"},"inc":1}]"#;
+    let r = handle(
+        &app,
+        event_with_body("function-url-record-beacon.json", Some("text/plain"), body),
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(json_body(&r)["error"], "total_overflow");
+    assert_eq!(header(&r, "access-control-allow-origin"), Some("*"));
+    let totals = app.store().snapshot().await.expect("snapshot");
+    let search = &[("feature", "search")];
+    assert_eq!(
+        counter(&totals, "demo_feature_usage_total", search),
+        u128::MAX
+    );
+    assert_eq!(
+        counter(
+            &totals,
+            "pum_pushes_rejected_total",
+            &[("reason", "total_overflow")]
+        ),
+        1_000_000
+    );
+}

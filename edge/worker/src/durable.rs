@@ -314,8 +314,17 @@ fn fold_in_transaction(sql: &SqlStorage, mut totals: Aggregate) -> Result<(Aggre
     if rows.is_empty() {
         return Ok((totals, 0, 0));
     }
-    let pushes = shard::fold(&mut totals, rows.iter().map(|r| r.delta.as_str()))
+    let folded = shard::fold(&mut totals, rows.iter().map(|r| r.delta.as_str()))
         .map_err(|e| worker::Error::RustError(format!("a pending push does not decode: {e}")))?;
+    for (_, overflow) in &folded.kept {
+        worker::console_error!(
+            "pum shard: a pending push is not folded, it stays pending: {overflow}"
+        );
+    }
+    if folded.pushes == 0 {
+        // Only pushes that would overflow: nothing changed, nothing to write.
+        return Ok((totals, 0, 0));
+    }
     let text = totals.to_json();
     let parts = shard::chunks(&text, shard::CHUNK_BYTES);
     let mut written = 0u64;
@@ -337,5 +346,9 @@ fn fold_in_transaction(sql: &SqlStorage, mut totals: Aggregate) -> Result<(Aggre
     for statement in shard::RESET_PENDING {
         written += sql.exec(statement, None)?.rows_written() as u64;
     }
-    Ok((totals, pushes, written))
+    for (i, _) in &folded.kept {
+        let kept = SqlStorageValue::String(rows[*i].delta.clone());
+        written += sql.exec(shard::INSERT_PENDING, vec![kept])?.rows_written() as u64;
+    }
+    Ok((totals, folded.pushes, written))
 }

@@ -15,9 +15,19 @@
 //! arrive, the pending pushes are merged into the totals, the totals rewritten and `pending`
 //! emptied, in one transaction: a fold writes the totals' rows plus 2, however many pushes it
 //! folds. The snapshot then goes to Workers KV under the shard's own key.
+//!
+//! Overflow: a push is acknowledged once its row is in `pending`, before it is folded, so the
+//! shard cannot refuse it the way standalone does (`422 total_overflow`). What keeps that from
+//! mattering is the start-up check ([`pum_shared::Limits::check`], run by the Worker's settings):
+//! no metric may accept values for which [`pum_shared::limits::PLAUSIBLE_PUSHES`] (10^12) pushes
+//! could overflow a total, and a shard sees only a share of the pushes. Should a fold still meet
+//! a push that would take a total past what it holds (totals seeded from elsewhere), [`fold`]
+//! leaves that push out whole and folds the rest: it stays in `pending`, the shard logs it on
+//! every fold, and the totals stay exact. Nothing is ever pinned at a ceiling, and nothing
+//! acknowledged is dropped.
 
 use pum_shared::Aggregate;
-use pum_shared::aggregate::SnapshotError;
+use pum_shared::aggregate::{Overflow, SnapshotError};
 
 /// The tables, created when a shard starts (a no-op when they exist). `pending` has a plain
 /// integer key: `AUTOINCREMENT` would write a `sqlite_sequence` row per push, and a text key an
@@ -131,21 +141,36 @@ pub fn totals_from_parts<'a>(
     Aggregate::from_json(&text)
 }
 
-/// Merges pending deltas (snapshot JSON) into `totals` and returns how many there were. A delta
-/// that does not decode fails the whole fold and leaves `totals` as it was, so that nothing is
-/// half-applied.
+/// What a fold did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Folded {
+    /// Pending pushes merged into the totals.
+    pub pushes: usize,
+    /// Pending pushes left out, each whole, because merging it would overflow a total: their
+    /// positions among the deltas given, and why. They stay pending (see the module docs).
+    pub kept: Vec<(usize, Overflow)>,
+}
+
+/// Merges pending deltas (snapshot JSON) into `totals`. A delta that does not decode fails the
+/// whole fold and leaves `totals` as it was, so that nothing is half-applied. A delta that would
+/// take a total past what it holds is left out whole and named in [`Folded::kept`]; the others
+/// are folded, so one such push never holds back the rest of the shard.
 pub fn fold<'a>(
     totals: &mut Aggregate,
     deltas: impl IntoIterator<Item = &'a str>,
-) -> Result<usize, SnapshotError> {
-    let mut sum = Aggregate::new();
-    let mut pushes = 0;
-    for delta in deltas {
-        sum.merge(&Aggregate::from_json(delta)?);
-        pushes += 1;
+) -> Result<Folded, SnapshotError> {
+    let deltas = deltas
+        .into_iter()
+        .map(Aggregate::from_json)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut folded = Folded::default();
+    for (i, delta) in deltas.iter().enumerate() {
+        match totals.try_merge(delta) {
+            Ok(()) => folded.pushes += 1,
+            Err(overflow) => folded.kept.push((i, overflow)),
+        }
     }
-    totals.merge(&sum);
-    Ok(pushes)
+    Ok(folded)
 }
 
 #[cfg(test)]
@@ -167,13 +192,17 @@ mod tests {
     fn folding_sums_and_the_parts_round_trip() {
         let mut totals = Aggregate::new();
         let pushes = [delta("search", 1), delta("search", 2), delta("share", 4)];
+        let folded = |n| Folded {
+            pushes: n,
+            kept: Vec::new(),
+        };
         assert_eq!(
             fold(&mut totals, pushes.iter().map(String::as_str)).expect("fold"),
-            3
+            folded(3)
         );
         assert_eq!(
             fold(&mut totals, [delta("share", 1).as_str()]).expect("fold"),
-            1
+            folded(1)
         );
         assert_eq!(
             totals.get(&SeriesKey::new(
@@ -207,6 +236,43 @@ mod tests {
         let good = delta("search", 1);
         assert!(fold(&mut totals, [good.as_str(), "{nope"]).is_err());
         assert_eq!(totals, Aggregate::new());
+    }
+
+    #[test]
+    fn a_push_that_would_overflow_a_total_is_kept_out_whole_and_the_rest_folded() {
+        let search = SeriesKey::new("demo_feature_usage_total", &[("feature", "search")]);
+        let mut totals = Aggregate::new();
+        totals.add_counter(search.clone(), u128::MAX - 3);
+        let before = totals.clone();
+        let pushes = [delta("share", 2), delta("search", 4), delta("search", 3)];
+        let got = fold(&mut totals, pushes.iter().map(String::as_str)).expect("fold");
+        assert_eq!(got.pushes, 2);
+        assert_eq!(
+            got.kept,
+            vec![(
+                1,
+                Overflow {
+                    key: search.clone()
+                }
+            )]
+        );
+        assert_eq!(
+            totals.get(&search),
+            Some(&SeriesValue::Counter { micros: u128::MAX })
+        );
+        // The kept push's histogram was not folded either: 2 observations, not 3.
+        assert_eq!(
+            totals
+                .get(&SeriesKey::new("h_seconds", &[]))
+                .and_then(SeriesValue::count),
+            Some(2)
+        );
+        // Folded again later, it is kept out again; the totals do not move.
+        let after = totals.clone();
+        let again = fold(&mut totals, [pushes[1].as_str()]).expect("fold");
+        assert_eq!((again.pushes, again.kept.len()), (0, 1));
+        assert_eq!(totals, after);
+        assert_ne!(totals, before);
     }
 
     #[test]
