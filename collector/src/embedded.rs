@@ -14,7 +14,7 @@
 //!   the process's [`Dictionary`]; a strings record ([`encode_strings`]) defines numbers, and is
 //!   written in the same `write` ahead of the first record of the file that uses them. (Strings
 //!   spelt out in every record made the log larger than the pushes themselves.)
-//! - `snapshot.json`: `{"gen": G, "totals": <snapshot>}`: totals of every record in logs with a
+//! - `snapshot.json`: `{"generation": G, "totals": <snapshot>}`: totals of every record in logs with a
 //!   generation below `G`. Written to a temporary file, fsynced, then renamed over the old one.
 //! - `LOCK`: held exclusively while a process uses the directory.
 //!
