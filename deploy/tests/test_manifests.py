@@ -135,6 +135,16 @@ def test_kubernetes_objects_fit_together():
     args = " ".join(container["args"])
     assert f"--ingest-listen=0.0.0.0:{ports['http']}" in args
     assert f"--metrics-listen=0.0.0.0:{ports['metrics']}" in args
+    # Readiness asks the ingest (503 while the store cannot write durably); liveness the metrics
+    # port, so a pod whose store failed is taken out of rotation, not restarted.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # The grace period outlasts pum's shutdown deadline (PUM_SHUTDOWN_TIMEOUT, 10 s by default).
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    shutdown = int(env.get("PUM_SHUTDOWN_TIMEOUT", "10s").rstrip("s"))
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= shutdown + 10
+    # Behind a Service or an Ingress, the rate limit must see the browser's address.
+    assert env["PUM_CLIENT_IP_HEADER"] == "X-Forwarded-For"
     # Volumes point at objects that exist.
     vols = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert vols["allowlist"]["configMap"]["name"] == cm["metadata"]["name"]

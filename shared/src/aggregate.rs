@@ -185,23 +185,82 @@ impl SeriesValue {
                     sum_micros: os,
                 },
             ) => {
-                // Each bucket fits in a u64, so no sum of two of them, and no sum of at most
-                // 2^64 of those, can overflow a u128.
-                let mut count: u128 = 0;
+                // Every bucket's new count, and their sum (the new `_count`), must fit a u64.
+                let mut count: u64 = 0;
                 for i in 0..buckets.len().max(ob.len()) {
                     let b = buckets.get(i).copied().unwrap_or(0);
                     let o = ob.get(i).copied().unwrap_or(0);
-                    if b.checked_add(o).is_none() {
-                        return false;
+                    match b.checked_add(o).and_then(|n| count.checked_add(n)) {
+                        Some(c) => count = c,
+                        None => return false,
                     }
-                    count += u128::from(b) + u128::from(o);
                 }
-                count <= u128::from(u64::MAX) && sum_micros.checked_add(*os).is_some()
+                sum_micros.checked_add(*os).is_some()
             }
             // The histogram replaces the counter, or the counter is dropped: nothing is added.
             (SeriesValue::Counter { .. }, SeriesValue::Histogram { .. })
             | (SeriesValue::Histogram { .. }, SeriesValue::Counter { .. }) => true,
         }
+    }
+
+    /// [`SeriesValue::add`] if [`SeriesValue::can_add`], in one pass: returns false, and leaves
+    /// `self` as it was, if a total would not stay exact. (The check and the add in one loop cost
+    /// what the add alone did.)
+    fn try_add(&mut self, other: &SeriesValue) -> bool {
+        if let (SeriesValue::Counter { micros }, SeriesValue::Counter { micros: o }) =
+            (&mut *self, other)
+        {
+            return match micros.checked_add(*o) {
+                Some(n) => {
+                    *micros = n;
+                    true
+                }
+                None => false,
+            };
+        }
+        if let (
+            SeriesValue::Histogram {
+                buckets,
+                sum_micros,
+            },
+            SeriesValue::Histogram {
+                buckets: ob,
+                sum_micros: os,
+            },
+        ) = (&mut *self, other)
+            && ob.len() <= buckets.len()
+        {
+            let Some(sum) = sum_micros.checked_add(*os) else {
+                return false;
+            };
+            let mut count: u64 = 0;
+            for i in 0..buckets.len() {
+                let next = match ob.get(i) {
+                    Some(o) => buckets[i].checked_add(*o),
+                    None => Some(buckets[i]),
+                };
+                match next.and_then(|n| count.checked_add(n).map(|c| (n, c))) {
+                    Some((n, c)) => {
+                        buckets[i] = n;
+                        count = c;
+                    }
+                    None => {
+                        for (b, o) in buckets.iter_mut().zip(ob).take(i) {
+                            *b -= *o;
+                        }
+                        return false;
+                    }
+                }
+            }
+            *sum_micros = sum;
+            return true;
+        }
+        // Longer bucket vectors in `other`, or a change of type: the general path.
+        if !self.can_add(other) {
+            return false;
+        }
+        self.add(other);
+        true
     }
 
     /// Keeps, element by element, the larger of `self` and `other`: cumulative values only grow,
@@ -339,6 +398,15 @@ impl SeriesMap {
         match self {
             SeriesMap::Few(v) => v.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
             SeriesMap::Many(m) => m.get_mut(key),
+        }
+    }
+
+    fn remove(&mut self, key: &SeriesKey) {
+        match self {
+            SeriesMap::Few(v) => v.retain(|(k, _)| k != key),
+            SeriesMap::Many(m) => {
+                m.remove(key);
+            }
         }
     }
 
@@ -511,9 +579,50 @@ impl Aggregate {
     /// overflow, changes nothing and says which. Where it succeeds it equals
     /// [`Aggregate::merge`]. Stores fold with it so that no total ever sticks at a ceiling.
     pub fn try_merge(&mut self, other: &Aggregate) -> Result<(), Overflow> {
-        self.check_merge(other)?;
-        self.merge(other);
+        // One pass, as `merge` does (a store's hot path): each series is checked as it is added,
+        // and on the rare refusal what was done is undone. `undo` records what subtraction
+        // cannot restore: a series this merge created (`None`), or one whose value it replaced
+        // (a histogram over a counter).
+        let mut undo: Vec<(usize, Option<SeriesValue>)> = Vec::new();
+        for (i, (key, value)) in other.series.iter().enumerate() {
+            match self.series.get_mut(key) {
+                Some(mine) => {
+                    if matches!(
+                        (&*mine, value),
+                        (SeriesValue::Counter { .. }, SeriesValue::Histogram { .. })
+                    ) {
+                        undo.push((i, Some(mine.clone())));
+                    }
+                    if !mine.try_add(value) {
+                        self.unmerge(other, i, &undo);
+                        return Err(Overflow { key: key.clone() });
+                    }
+                }
+                None => {
+                    undo.push((i, None));
+                    self.series.insert_new(key.clone(), value.clone());
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Takes the first `n` series of `other` (in its iteration order, which has not changed) out
+    /// again after [`Aggregate::try_merge`] added them.
+    fn unmerge(&mut self, other: &Aggregate, n: usize, undo: &[(usize, Option<SeriesValue>)]) {
+        let mut undo = undo.iter().peekable();
+        for (i, (key, value)) in other.series.iter().take(n).enumerate() {
+            let special = undo.next_if(|(at, _)| *at == i).map(|(_, old)| old);
+            match (special, self.series.get_mut(key)) {
+                (Some(None), _) => self.series.remove(key),
+                (Some(Some(old)), Some(mine)) => *mine = old.clone(),
+                (None, Some(mine)) => {
+                    mine.combine(value, u64::saturating_sub, u128::saturating_sub)
+                }
+                (Some(Some(_)), None) => {}
+                (None, None) => {}
+            }
+        }
     }
 
     /// Undoes a [`Aggregate::merge`] of `other` (a store whose write failed after it merged in
