@@ -496,54 +496,26 @@ mod tests {
 
     #[test]
     fn retry_after_is_the_wait_for_one_token_rounded_up() {
+        let limited = |secs| Decision::Limit {
+            retry_after_secs: secs,
+        };
         // One token every 4 s.
         let mut l = limiter(0.25, 1.0);
         let a = ip("203.0.113.7");
         assert_eq!(l.check(a, 0), Decision::Allow);
-        assert_eq!(
-            l.check(a, 0),
-            Decision::Limit {
-                retry_after_secs: 4
-            }
-        );
-        assert_eq!(
-            l.check(a, 1),
-            Decision::Limit {
-                retry_after_secs: 4
-            }
-        );
-        assert_eq!(
-            l.check(a, 1_000),
-            Decision::Limit {
-                retry_after_secs: 3
-            }
-        );
-        assert_eq!(
-            l.check(a, 3_999),
-            Decision::Limit {
-                retry_after_secs: 1
-            }
-        );
+        for (at_ms, secs) in [(0, 4), (1, 4), (1_000, 3), (3_999, 1)] {
+            assert_eq!(l.check(a, at_ms), limited(secs), "at {at_ms} ms");
+        }
         assert_eq!(l.check(a, 4_000), Decision::Allow);
         // Never below 1 second, even when the token is a millisecond away.
         let mut l = limiter(100.0, 1.0);
         assert_eq!(l.check(a, 0), Decision::Allow);
-        assert_eq!(
-            l.check(a, 0),
-            Decision::Limit {
-                retry_after_secs: 1
-            }
-        );
+        assert_eq!(l.check(a, 0), limited(1));
         // Refusals do not push the wait further out.
         let mut l = limiter(0.1, 2.0);
         assert_eq!(allowed_until_refused(&mut l, a, 0), 2);
         for _ in 0..100 {
-            assert_eq!(
-                l.check(a, 0),
-                Decision::Limit {
-                    retry_after_secs: 10
-                }
-            );
+            assert_eq!(l.check(a, 0), limited(10));
         }
     }
 
