@@ -369,6 +369,8 @@ async fn seed_pushes_appear_exactly_on_metrics_at_one_row_per_push() {
 async fn concurrent_pushes_are_all_counted_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
+    // The default rate limit (a burst of 500 from one address) takes these pushes from one
+    // address; a restart starts a new isolate with every bucket full.
     let mut worker = Worker::start(&state, &[]);
     let c = client();
     // 400 pushes over 20 connections.
@@ -646,6 +648,84 @@ async fn export_token_cors_country_and_assets() {
             .expect("text")
             .contains("/static/aggregatorClient.js")
     );
+}
+
+/// A client whose connections come from `addr`. Any 127.x.y.z reaches wrangler's loopback
+/// listener, and `wrangler dev` hands the Worker the connection's address as `CF-Connecting-IP`
+/// (as Cloudflare does; a header the client sends itself would pass through locally, which
+/// Cloudflare never lets happen), so each such client is a different address to the Worker.
+fn client_from(addr: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(addr.parse::<std::net::IpAddr>().expect("an address"))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs wrangler and a built Worker: run edge/worker/test.sh"]
+async fn one_address_is_rate_limited_while_another_is_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One token every 1000 s, three at once: a client has three pushes, then none for as long as
+    // the test could take.
+    let worker = Worker::start(
+        &dir.path().join("state"),
+        &[("RATE_LIMIT", "0.001"), ("RATE_BURST", "3")],
+    );
+    let (a, b) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+    let batches: Vec<Value> = (0..4).map(batch).collect();
+    for body in &batches[..3] {
+        let (status, answer) = push(&a, &worker.record_url(), body, "text/plain").await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    for _ in 0..2 {
+        let resp = a
+            .post(worker.record_url())
+            .header("origin", "https://shop.example")
+            .header("content-type", "text/plain;charset=UTF-8")
+            .body(batch(99).to_string())
+            .send()
+            .await
+            .expect("push");
+        assert_eq!(resp.status(), 429);
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], "*");
+        let retry: u32 = h["retry-after"]
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After in seconds");
+        assert!((1..=1000).contains(&retry), "Retry-After {retry}");
+        let answer: Value = resp.json().await.expect("JSON");
+        assert_eq!(answer["error"], "rate_limited", "{answer}");
+    }
+    // Another address is accepted; its push carries the two refusals.
+    let (status, answer) = push(&b, &worker.record_url(), &batches[3], "application/json").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"accepted": 3, "rejected": []}));
+
+    let c = client();
+    let collector = Collector::start(&worker);
+    let mut expected = expected_totals(&batches);
+    expected.insert("pum_pushes_total{result=\"accepted\"}".into(), 4.0);
+    expected.insert("pum_pushes_total{result=\"rejected\"}".into(), 2.0);
+    expected.insert(
+        "pum_pushes_rejected_total{reason=\"rate_limited\"}".into(),
+        2.0,
+    );
+    let scrape = collector
+        .scrape_until_expected(&c, &expected, |_| true)
+        .await;
+    assert!(mismatches(&scrape, &expected).is_empty());
+    assert_eq!(scrape.get("metrics_aggregator_record_total"), 4.0);
+    // The refusals cost no Durable Object request: the shards took the 4 pushes stored.
+    let stats = stats(&c, &worker).await;
+    let pushes: u64 = stats["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .filter_map(|s| s["stats"]["pushes"].as_u64())
+        .sum();
+    assert_eq!(pushes, 4, "{stats}");
 }
 
 #[test]

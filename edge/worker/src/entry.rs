@@ -2,16 +2,20 @@
 //! one shard, and turns the core's answer back into a response. It mirrors
 //! `pum-collector standalone`'s ingest app (collector/src/standalone.rs) route for route: origin
 //! check first, then the body limit, then the core; CORS headers on every answer of `/record`.
+//! Before all of them, the client's address (`CF-Connecting-IP`) is checked against the rate
+//! limit, kept in this isolate's memory: a refused push reads no body and costs no Durable Object
+//! request, and the refusals are counted in the next push this isolate stores.
 //! The client script is not served here: Workers Static Assets serve `/static/*` before the
 //! Worker runs (see wrangler.toml).
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 use futures_util::StreamExt;
 use pum_shared::http::{self as core_http};
 use pum_shared::ingest::RequestContext;
-use pum_shared::{BodyError, Reason};
+use pum_shared::ratelimit::parse_client;
+use pum_shared::{BodyError, Decision, RateLimiter, Reason};
 use wasm_bindgen::JsValue;
 use worker::{Context, Env, Headers, Method, Request, RequestInit, Response, Result, event};
 
@@ -29,6 +33,17 @@ const SHARD_STATS_PATH: &str = "/export/shards";
 thread_local! {
     /// Vars only change with a new deployment, which starts new isolates: check them once.
     static SETTINGS: OnceCell<Rc<std::result::Result<Settings, String>>> = const { OnceCell::new() };
+    /// The rate limiter of this isolate: per isolate, not shared with other isolates or
+    /// locations (see crate::settings).
+    static LIMITER: RefCell<Option<RateLimiter>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on this isolate's rate limiter, made on first use from the settings.
+fn with_limiter<T>(s: &Settings, f: impl FnOnce(&mut RateLimiter) -> T) -> T {
+    LIMITER.with(|cell| {
+        let mut limiter = cell.borrow_mut();
+        f(limiter.get_or_insert_with(|| RateLimiter::new(s.rate_limit.clone())))
+    })
 }
 
 fn settings(env: &Env) -> Rc<std::result::Result<Settings, String>> {
@@ -122,8 +137,16 @@ fn header(req: &Request, name: &str) -> Option<String> {
 async fn record(mut req: Request, env: &Env, s: &Settings) -> Result<Response> {
     let origin = header(&req, "origin");
     let cors = s.cors.headers(origin.as_deref());
+    // Cloudflare always sets CF-Connecting-IP; a request without a readable one is not limited
+    // rather than lumped in with every other such request.
+    if let Some(client) = header(&req, "cf-connecting-ip").and_then(|v| parse_client(&v)) {
+        let now_ms = js_sys::Date::now() as u64;
+        if let Decision::Limit { retry_after_secs } = with_limiter(s, |l| l.check(client, now_ms)) {
+            return respond(s.ingest.rate_limited(retry_after_secs), cors);
+        }
+    }
     let max = s.ingest.limits().max_body_bytes;
-    let outcome = if s.cors.allows(origin.as_deref()) {
+    let mut outcome = if s.cors.allows(origin.as_deref()) {
         let ctx = RequestContext {
             country: req.cf().and_then(|cf| cf.country()),
         };
@@ -140,7 +163,11 @@ async fn record(mut req: Request, env: &Env, s: &Settings) -> Result<Response> {
         )
     };
     // Every push, refused ones too, carries pum's own counters: one shard request each, as in
-    // standalone mode every push is one merge.
+    // standalone mode every push is one merge. It also carries the rate limiter's refusals since
+    // the last push stored, which cost no request of their own.
+    let limited = with_limiter(s, RateLimiter::take_refused);
+    s.ingest
+        .count_refused(&mut outcome.delta, Reason::RateLimited, limited);
     match merge(env, s.shards, outcome.delta.to_json()).await {
         Ok(()) => respond(
             core_http::Response::json(outcome.status, outcome.body),
@@ -148,6 +175,8 @@ async fn record(mut req: Request, env: &Env, s: &Settings) -> Result<Response> {
         ),
         Err(e) => {
             worker::console_error!("pum: a push could not be stored: {e}");
+            // Nothing of the delta was stored: the next one counts these refusals.
+            with_limiter(s, |l| l.return_refused(limited));
             respond(core_http::store_unavailable(), cors)
         }
     }

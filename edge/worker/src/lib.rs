@@ -21,7 +21,8 @@
 //! the traffic.
 //!
 //! Layout:
-//! - [`settings`]: the Worker's configuration from its vars (allowlist, origins, shards, token).
+//! - [`settings`]: the Worker's configuration from its vars (allowlist, origins, shards, token,
+//!   rate limit).
 //! - [`shard`]: what a shard stores and how it folds, platform-free so it is tested natively.
 //! - [`export`]: the export endpoint's token check and document.
 //! - `entry` and `durable` (wasm32 only): the Workers runtime glue, the fetch handler and the

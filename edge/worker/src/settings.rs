@@ -9,9 +9,18 @@
 //! | `SHARDS` | `4` | Durable Objects pushes are spread over (1 to 1024) |
 //! | `FOLD_SECONDS` | `5` | seconds between a shard's folds while pushes arrive (1 to 3600; read by the shards, see [`crate::shard`]) |
 //! | `EXPORT_TOKEN` | none | bearer token of `GET /export`; a secret. Without it the export refuses every request. |
+//! | `RATE_LIMIT` | `50` | pushes a second one client address (`CF-Connecting-IP`; an IPv6 client by its /64) may send; `0` turns rate limiting off. Counted per isolate: see below |
+//! | `RATE_BURST` | `500` | pushes a client may send at once before `RATE_LIMIT` applies (at least 1) |
+//! | `RATE_LIMIT_CLIENTS` | `65536` | client addresses each isolate tracks at most (bounds its memory: about 2 MB at the default) |
+//!
+//! The rate limit is kept in each isolate's memory, not shared across isolates or locations:
+//! Cloudflare runs many isolates of a Worker, in every location, so a client spread over `n` of
+//! them may send up to `n` times the limit. It stops one client hammering one location cheaply
+//! (a refused push costs no Durable Object request); for a limit across all of Cloudflare, add a
+//! WAF rate limiting rule in front (docs/cloudflare.md).
 
 use pum_shared::http::Cors;
-use pum_shared::{Allowlist, Ingest, Limits};
+use pum_shared::{Allowlist, Ingest, Limits, RateLimit};
 
 /// The allowlist compiled in at build time from `PUM_ALLOWLIST` (see build.rs), as a JSON array
 /// of `[file name, text]`; empty when the build had none, and the example allowlist applies.
@@ -35,7 +44,12 @@ pub struct Settings {
     pub shards: u32,
     /// The export endpoint's bearer token, if one is set.
     pub export_token: Option<String>,
+    /// The per-client rate limit of pushes (per isolate).
+    pub rate_limit: RateLimit,
 }
+
+/// The vars of the rate limit: pushes a second, burst, clients tracked.
+pub const RATE_VARS: [&str; 3] = ["RATE_LIMIT", "RATE_BURST", "RATE_LIMIT_CLIENTS"];
 
 impl Settings {
     /// Reads the settings through `var`, which returns a var's text (JSON text for a var that
@@ -87,11 +101,13 @@ impl Settings {
                 }
             },
         };
+        let rate_limit = RateLimit::from_vars(RATE_VARS, &var)?;
         Ok(Settings {
             ingest: Ingest::new(allowlist, limits),
             cors: Cors::parse(var("ALLOWED_ORIGINS").as_deref().unwrap_or("*")),
             shards,
             export_token: var("EXPORT_TOKEN").filter(|t| !t.is_empty()),
+            rate_limit,
         })
     }
 }
@@ -137,6 +153,7 @@ mod tests {
         assert_eq!(s.cors, Cors::Any);
         assert_eq!(s.shards, DEFAULT_SHARDS);
         assert_eq!(s.export_token, None);
+        assert_eq!(s.rate_limit, RateLimit::default());
     }
 
     #[test]
@@ -186,6 +203,35 @@ mod tests {
         assert!(settings(&[("SHARDS", "0")]).is_err());
         assert!(settings(&[("SHARDS", "many")]).is_err());
         assert!(settings(&[("BROWSER_PACK", "yes")]).is_err());
+        for (var, value) in [
+            ("RATE_LIMIT", "lots"),
+            ("RATE_LIMIT", "-5"),
+            ("RATE_BURST", "0"),
+            ("RATE_LIMIT_CLIENTS", "0"),
+        ] {
+            let e = settings(&[(var, value)]).expect_err("bad rate limit");
+            assert!(e.starts_with(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_vars() {
+        let s = settings(&[
+            ("RATE_LIMIT", "2"),
+            ("RATE_BURST", "3"),
+            ("RATE_LIMIT_CLIENTS", "100"),
+        ])
+        .expect("ok");
+        assert_eq!(
+            s.rate_limit,
+            RateLimit {
+                per_second: 2.0,
+                burst: 3.0,
+                max_clients: 100
+            }
+        );
+        let s = settings(&[("RATE_LIMIT", "0")]).expect("off");
+        assert!(!s.rate_limit.is_on());
     }
 
     #[test]
