@@ -14,13 +14,28 @@
 //! Country labels (allowlist extension `"source": "country"`) come from CloudFront's
 //! `CloudFront-Viewer-Country` header, present when CloudFront fronts the function and forwards
 //! it.
+//!
+//! Pushes are rate limited per client address (`requestContext.http.sourceIp`, an IPv6 client by
+//! its /64) before the body is read, with token buckets in the memory of the execution
+//! environment: each environment Lambda runs keeps its own, so a client spread over `n` of them
+//! may send up to `n` times the limit. A refused push is answered 429 with `Retry-After` and
+//! writes nothing; the refusals are counted in the next push the environment stores.
+
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use lambda_http::http::{HeaderMap, Method, header};
+use lambda_http::request::RequestContext as EventContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use pum_shared::http::{self as core_http, Cors};
 use pum_shared::ingest::RequestContext;
+use pum_shared::ratelimit::parse_client;
 use pum_shared::store::store_push;
-use pum_shared::{Allowlist, BodyError, Ingest, Limits, PushOutcome, Reason, Store};
+use pum_shared::{
+    Allowlist, BodyError, Decision, Ingest, Limits, PushOutcome, RateLimit, RateLimiter, Reason,
+    Store,
+};
 
 /// The browser client, as built from `static/src`.
 pub const CLIENT_JS: &str = include_str!("../../../static/aggregatorClient.js");
@@ -37,6 +52,22 @@ pub struct Config {
     pub cors: Cors,
     /// Push limits.
     pub limits: Limits,
+    /// The per-client rate limit of pushes (per execution environment).
+    pub rate_limit: RateLimit,
+}
+
+/// The variables of the rate limit: pushes a second, burst, clients tracked.
+pub const RATE_VARS: [&str; 3] = ["PUM_RATE_LIMIT", "PUM_RATE_BURST", "PUM_RATE_LIMIT_CLIENTS"];
+
+/// Why the configuration is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The allowlist does not compile; the error names the variable, metric and field.
+    #[error(transparent)]
+    Allowlist(#[from] pum_shared::ConfigError),
+    /// A setting is out of range or not a number; the message names the variable.
+    #[error("{0}")]
+    Setting(String),
 }
 
 impl Config {
@@ -48,12 +79,15 @@ impl Config {
     ///   together; a larger allowlist belongs in a build of its own.
     /// - `PUM_ALLOWED_ORIGINS`: comma-separated origins allowed to push; `*` (the default) for
     ///   any.
+    /// - `PUM_RATE_LIMIT` (default 50): pushes a second one client address may send; `0` turns
+    ///   rate limiting off. `PUM_RATE_BURST` (default 500): pushes at once, after a pause, before
+    ///   the rate applies. `PUM_RATE_LIMIT_CLIENTS` (default 65536): addresses tracked at most,
+    ///   which bounds memory (about 2 MB). See [`RateLimit`] for why these defaults.
     ///
     /// A bad allowlist fails the cold start with an error naming the variable, metric and field;
-    /// so does a metric's `maxValue` that could overflow a total ([`Limits::check`]).
-    pub fn from_env(
-        var: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, pum_shared::ConfigError> {
+    /// so does a metric's `maxValue` that could overflow a total ([`Limits::check`]), and a bad
+    /// rate limit with one naming the variable.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let browser_pack = !matches!(
             var("PUM_NO_BROWSER_PACK").as_deref().map(str::trim),
             Some("true" | "1")
@@ -72,18 +106,26 @@ impl Config {
         };
         let limits = Limits::default();
         limits.check(&allowlist)?;
+        let rate_limit = RateLimit::from_vars(RATE_VARS, &var).map_err(ConfigError::Setting)?;
         Ok(Config {
             allowlist,
             cors: Cors::parse(&var("PUM_ALLOWED_ORIGINS").unwrap_or_else(|| "*".into())),
             limits,
+            rate_limit,
         })
     }
 }
 
-/// What the handler needs: the ingest core, the origin allowlist and the store.
+/// What the handler needs: the ingest core, the origin allowlist, the rate limiter and the
+/// store.
 pub struct App<S> {
     ingest: Ingest,
     cors: Cors,
+    /// One per execution environment. A mutex, because an environment may run several events at
+    /// once (Lambda Managed Instances); it is held only for one check, never across an await.
+    limiter: Mutex<RateLimiter>,
+    /// The rate limiter's clock: milliseconds since the app was made, monotonic.
+    started: Instant,
     store: S,
 }
 
@@ -93,8 +135,15 @@ impl<S: Store> App<S> {
         App {
             ingest: Ingest::new(config.allowlist, config.limits),
             cors: config.cors,
+            limiter: Mutex::new(RateLimiter::new(config.rate_limit)),
+            started: Instant::now(),
             store,
         }
+    }
+
+    fn limiter(&self) -> MutexGuard<'_, RateLimiter> {
+        // The limiter's state is valid whatever a panicking holder left: keep using it.
+        self.limiter.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The store.
@@ -146,10 +195,27 @@ pub async fn handle<S: Store>(app: &App<S>, req: Request) -> Response<Body> {
     }
 }
 
+/// The client's address as the Function URL or HTTP API saw it.
+fn source_ip(req: &Request) -> Option<IpAddr> {
+    match req.request_context_ref()? {
+        EventContext::ApiGatewayV2(ctx) => ctx.http.source_ip.as_deref().and_then(parse_client),
+        _ => None,
+    }
+}
+
 async fn record<S: Store>(app: &App<S>, req: &Request) -> Response<Body> {
     let headers = req.headers();
     let origin = header_str(headers, header::ORIGIN);
     let cors = app.cors.headers(origin);
+    // Function URLs and HTTP APIs always report the source address; an event without one is
+    // not limited rather than lumped in with every other such event.
+    if let Some(client) = source_ip(req) {
+        let now_ms = u64::try_from(app.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let decision = app.limiter().check(client, now_ms);
+        if let Decision::Limit { retry_after_secs } = decision {
+            return respond(app.ingest.rate_limited(retry_after_secs), cors);
+        }
+    }
     let max = app.ingest.limits().max_body_bytes;
     let body: &[u8] = req.body().as_ref();
     // The same order of checks as standalone: origin, then size, then the core.
@@ -178,9 +244,13 @@ async fn record<S: Store>(app: &App<S>, req: &Request) -> Response<Body> {
 async fn store_and_answer<S: Store>(
     app: &App<S>,
     req: &Request,
-    outcome: PushOutcome,
+    mut outcome: PushOutcome,
     cors: core_http::Headers,
 ) -> Response<Body> {
+    // The rate limiter's refusals since the last stored push travel with this one.
+    let limited = app.limiter().take_refused();
+    app.ingest
+        .count_refused(&mut outcome.delta, Reason::RateLimited, limited);
     // The invocation's request id names the push: the store's retries of it are recognised.
     let batch_id = req
         .lambda_context_ref()
@@ -194,6 +264,8 @@ async fn store_and_answer<S: Store>(
         ),
         Err(e) => {
             tracing::error!(error = %e, "a push could not be stored");
+            // Nothing of the delta was stored: the next one counts these refusals.
+            app.limiter().return_refused(limited);
             respond(core_http::store_unavailable(), cors)
         }
     }

@@ -36,7 +36,7 @@ async fn main() -> Result<(), lambda_http::Error> {
 
 async fn init() -> anyhow::Result<App<DynamoStore>> {
     let var = |name: &str| std::env::var(name).ok();
-    let config = Config::from_env(var).context("the allowlist")?;
+    let config = Config::from_env(var).context("the configuration")?;
     let table = var("PUM_TABLE").context("PUM_TABLE must name the aggregates table")?;
     let endpoint = var("PUM_DYNAMODB_ENDPOINT").filter(|s| !s.is_empty());
     let sdk = pum_dynamodb::sdk_config(None, endpoint.as_deref()).await;
@@ -62,6 +62,8 @@ async fn init() -> anyhow::Result<App<DynamoStore>> {
         region = %settings.region,
         shards = settings.shards,
         metrics = config.allowlist.len(),
+        rate_limit = config.rate_limit.per_second,
+        rate_burst = config.rate_limit.burst,
         "pum-lambda ready"
     );
     Ok(App::new(config, DynamoStore::from_config(&sdk, settings)))

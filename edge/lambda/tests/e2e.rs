@@ -6,7 +6,15 @@
 //! Scenarios run in order against one deployment and report `N passed, N failed`:
 //! seed-format pushes appear exactly on /metrics; hundreds of concurrent pushes are all counted;
 //! the bad-push corpus gets standalone's answers; a store that stops answering gives a 503 with
-//! `Retry-After` and, once it is back, the retried push counts once.
+//! `Retry-After` and, once it is back, the retried push counts once. Then a second deployment
+//! with a low rate limit: one client gets 429 with `Retry-After` while another is accepted, and
+//! the refusals are counted without a write of their own.
+//!
+//! `cargo lambda watch` gives every Function URL request the source address 127.0.0.1, so the
+//! rate limit scenario sends its second client through the Lambda Invoke API that watch also
+//! serves (`/2015-03-31/functions/pum-lambda/invocations`), with a recorded Function URL event
+//! whose `requestContext.http.sourceIp` names that client: what the URL would hand the function
+//! for a request from there.
 //!
 //! `cargo test -p pum-lambda --test e2e -- --bench N` instead pushes `fixtures/beacon.json` N
 //! times, one at a time, and prints latency per push and DynamoDB writes per push.
@@ -27,6 +35,11 @@ use pum_shared::corpus::{bad_pushes, demo_batch as batch, demo_totals as expecte
 use serde_json::{Value, json};
 
 const BEACON: &str = include_str!("../../../fixtures/beacon.json");
+/// A recorded Function URL push event (tests/handler.rs feeds it too).
+const FUNCTION_URL_EVENT: &str = include_str!("data/function-url-record-beacon.json");
+/// The rate limit of the second deployment: one token every 1000 s, three at once, so that a
+/// client has three pushes and then none for as long as the test could take.
+const LOW_RATE_LIMIT: &str = "PUM_RATE_LIMIT=0.001\nPUM_RATE_BURST=3\n";
 const FUNCTION: &str = "pum-lambda";
 
 fn main() {
@@ -85,6 +98,8 @@ struct Deployment {
     dynamo: LocalDynamo,
     table: String,
     url: String,
+    /// The Lambda Invoke API of the function, as `cargo lambda watch` serves it.
+    invoke_url: String,
     metrics: String,
     _watch: Proc,
     _collector: Proc,
@@ -94,6 +109,12 @@ struct Deployment {
 
 impl Deployment {
     async fn start() -> Deployment {
+        Deployment::start_with("", 4).await
+    }
+
+    /// With extra lines for the function's environment file and at most `concurrency` function
+    /// instances (execution environments).
+    async fn start_with(env: &str, concurrency: usize) -> Deployment {
         let dynamo = LocalDynamo::start();
         let store = dynamo.fresh_store("pum-e2e", |_| {}).await;
         let table = store.settings().table.clone();
@@ -106,7 +127,7 @@ impl Deployment {
             format!(
                 "PUM_TABLE={table}\nPUM_BATCH_TABLE={batch_table}\nPUM_SHARDS=4\n\
                  PUM_DYNAMODB_ENDPOINT={}\nAWS_REGION={REGION}\nAWS_ACCESS_KEY_ID=test\n\
-                 AWS_SECRET_ACCESS_KEY=test\nAWS_EC2_METADATA_DISABLED=true\nPUM_LOG=warn\n",
+                 AWS_SECRET_ACCESS_KEY=test\nAWS_EC2_METADATA_DISABLED=true\nPUM_LOG=warn\n{env}",
                 dynamo.endpoint()
             ),
         )
@@ -122,7 +143,7 @@ impl Deployment {
                 "--quiet",
             ])
             .args(["-A", "127.0.0.1", "-P", &port.to_string()])
-            .args(["--concurrency", "4", "--timeout", "30"])
+            .args(["--concurrency", &concurrency.to_string(), "--timeout", "30"])
             .args(["-p", FUNCTION, "--bin", FUNCTION, "--env-file"])
             .arg(&env_file)
             .stdout(Stdio::null())
@@ -131,6 +152,8 @@ impl Deployment {
             .expect("cargo lambda watch starts (pip install cargo-lambda)");
         let watch = Proc(watch);
         let url = format!("http://127.0.0.1:{port}/lambda-url/{FUNCTION}");
+        let invoke_url =
+            format!("http://127.0.0.1:{port}/2015-03-31/functions/{FUNCTION}/invocations");
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -179,6 +202,7 @@ impl Deployment {
             dynamo,
             table,
             url,
+            invoke_url,
             metrics,
             _watch: watch,
             _collector: Proc(collector),
@@ -214,6 +238,31 @@ impl Deployment {
             retry_after,
             cors,
         }
+    }
+
+    /// Invokes the function with the recorded Function URL push event, as sent from
+    /// `source_ip`, through the Invoke API; returns the function's status and JSON body.
+    async fn invoke_push_from(&self, source_ip: &str, body: &Value) -> (u16, Value) {
+        let mut event: Value = serde_json::from_str(FUNCTION_URL_EVENT).expect("event");
+        event["requestContext"]["http"]["sourceIp"] = json!(source_ip);
+        event["headers"]["x-forwarded-for"] = json!(source_ip);
+        event["headers"]["content-length"] = json!(body.to_string().len().to_string());
+        event["body"] = json!(body.to_string());
+        let resp = self
+            .client
+            .post(&self.invoke_url)
+            .json(&event)
+            .send()
+            .await
+            .expect("invocation answered");
+        assert_eq!(resp.status(), 200, "the invocation itself succeeds");
+        let out: Value = resp.json().await.expect("a Lambda HTTP response");
+        let status = out["statusCode"].as_u64().expect("statusCode") as u16;
+        let body = out["body"]
+            .as_str()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or(Value::Null);
+        (status, body)
     }
 
     async fn scrape(&self) -> BTreeMap<String, f64> {
@@ -434,6 +483,51 @@ async fn a_store_outage_is_a_503_and_the_retry_counts_once(d: &mut Deployment) {
     assert_deltas(&before, &after_more, &want);
 }
 
+/// Under a low rate limit and one execution environment: the Function URL's client
+/// (127.0.0.1) gets three pushes, then 429 with `Retry-After`, while another client is accepted;
+/// accepted totals are exact, and the refusals are counted, carried by the next push stored,
+/// without a DynamoDB write of their own.
+async fn one_client_is_rate_limited_and_another_is_not(d: &Deployment) {
+    let before = d.scrape().await;
+    d.dynamo.reset_stats();
+    let batches: Vec<Value> = (0..4).map(batch).collect();
+    for b in &batches[..3] {
+        let a = d.push(Some("text/plain"), b.to_string()).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    for _ in 0..2 {
+        let a = d.push(Some("text/plain"), batch(99).to_string()).await;
+        assert_eq!(a.status, 429, "{}", a.body);
+        assert_eq!(a.body["error"], "rate_limited", "{}", a.body);
+        let retry: u32 = a
+            .retry_after
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After in seconds");
+        assert!((1..=1000).contains(&retry), "Retry-After {retry}");
+        assert_eq!(a.cors.as_deref(), Some("*"));
+    }
+    let (status, body) = d.invoke_push_from("198.51.100.7", &batches[3]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"accepted": 3, "rejected": []}));
+    // 4 pushes stored, 2 refused: the refusals wrote nothing.
+    assert_eq!(
+        d.dynamo.stat("TransactWriteItems"),
+        4,
+        "{}",
+        d.dynamo.stats()
+    );
+    let after = d.scrape_after(pushes(&before) + 6.0).await;
+    let mut want = expected(&batches);
+    want.insert("pum_pushes_total{result=\"accepted\"}".into(), 4.0);
+    want.insert("pum_pushes_total{result=\"rejected\"}".into(), 2.0);
+    want.insert(
+        "pum_pushes_rejected_total{reason=\"rate_limited\"}".into(),
+        2.0,
+    );
+    assert_deltas(&before, &after, &want);
+}
+
 async fn run_all() -> usize {
     let started = Instant::now();
     let mut d = Deployment::start().await;
@@ -497,6 +591,22 @@ async fn run_all() -> usize {
         t.elapsed().as_secs_f64()
     );
     results.push(("store_outage", ok));
+    if let Ok(d) = outage {
+        drop(d);
+    }
+
+    let t = Instant::now();
+    let limited = Deployment::start_with(LOW_RATE_LIMIT, 1).await;
+    let ok =
+        tokio::spawn(async move { one_client_is_rate_limited_and_another_is_not(&limited).await })
+            .await
+            .is_ok();
+    println!(
+        "test one_client_is_rate_limited_and_another_is_not ... {} ({:.1}s)",
+        if ok { "ok" } else { "FAILED" },
+        t.elapsed().as_secs_f64()
+    );
+    results.push(("rate_limit", ok));
     let failed = results.iter().filter(|(_, ok)| !ok).count();
     if failed > 0 {
         println!("e2e: the function's log is in {}", watch_log().display());

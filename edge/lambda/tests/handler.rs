@@ -335,8 +335,10 @@ async fn a_store_failure_is_a_503_with_retry_after_and_cors() {
 
 /// The cold start's error with `allowlist` as `PUM_ALLOWLIST_JSON`.
 fn refused(allowlist: &str) -> pum_shared::ConfigError {
-    Config::from_env(|name| (name == "PUM_ALLOWLIST_JSON").then(|| allowlist.to_owned()))
-        .expect_err("the allowlist is refused")
+    match Config::from_env(|name| (name == "PUM_ALLOWLIST_JSON").then(|| allowlist.to_owned())) {
+        Err(pum_lambda::ConfigError::Allowlist(e)) => e,
+        other => panic!("the allowlist is refused: {other:?}"),
+    }
 }
 
 #[test]
@@ -393,4 +395,157 @@ async fn a_push_that_would_overflow_a_total_is_refused_and_counted() {
         ),
         1_000_000
     );
+}
+
+/// A recorded event, from another client address.
+fn event_from(name: &str, source_ip: &str) -> Request {
+    let mut v: Value = serde_json::from_str(&fixture(name)).expect("json");
+    v["requestContext"]["http"]["sourceIp"] = json!(source_ip);
+    lambda_http::request::from_str(&v.to_string()).expect("valid event")
+}
+
+/// One token every 1000 s, two at once: a client gets two pushes in, then none for the test.
+const LOW_LIMIT: &[(&str, &str)] = &[("PUM_RATE_LIMIT", "0.001"), ("PUM_RATE_BURST", "2")];
+
+#[tokio::test]
+async fn one_source_ip_is_rate_limited_with_retry_after_and_others_are_not() {
+    let app = app(LOW_LIMIT);
+    let beacon = "function-url-record-beacon.json";
+    for _ in 0..2 {
+        let r = handle(&app, event_from(beacon, "203.0.113.24")).await;
+        assert_eq!(r.status(), 200);
+    }
+    let before = app.store().snapshot().await.expect("snapshot");
+    for _ in 0..3 {
+        let r = handle(&app, event_from(beacon, "203.0.113.24")).await;
+        assert_eq!(r.status(), 429);
+        let body = json_body(&r);
+        assert_eq!(body["error"], "rate_limited", "{body}");
+        let retry: u32 = header(&r, "retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("a Retry-After in seconds");
+        assert!((1..=1000).contains(&retry), "Retry-After {retry}");
+        assert_eq!(header(&r, "access-control-allow-origin"), Some("*"));
+    }
+    // The refusals wrote nothing.
+    assert_eq!(app.store().snapshot().await.expect("snapshot"), before);
+
+    // Another address is not limited; its push carries the three refusals.
+    let r = handle(&app, event_from(beacon, "198.51.100.9")).await;
+    assert_eq!(r.status(), 200);
+    let totals = app.store().snapshot().await.expect("snapshot");
+    assert_eq!(
+        counter(&totals, "pum_pushes_total", &[("result", "accepted")]),
+        3_000_000
+    );
+    assert_eq!(
+        counter(&totals, "pum_pushes_total", &[("result", "rejected")]),
+        3_000_000
+    );
+    assert_eq!(
+        counter(
+            &totals,
+            "pum_pushes_rejected_total",
+            &[("reason", "rate_limited")]
+        ),
+        3_000_000
+    );
+    assert_eq!(
+        counter(
+            &totals,
+            "demo_feature_usage_total",
+            &[("feature", "search")]
+        ),
+        9_000_000
+    );
+
+    // An IPv6 client is its /64: another address in it shares its bucket, the next /64 does not.
+    for (ip, status) in [
+        ("2001:db8:aa:1::1", 200),
+        ("2001:db8:aa:1::2", 200),
+        ("2001:db8:aa:1:ffff::3", 429),
+        ("2001:db8:aa:2::1", 200),
+    ] {
+        let r = handle(&app, event_from(beacon, ip)).await;
+        assert_eq!(r.status(), status, "{ip}");
+    }
+}
+
+#[tokio::test]
+async fn rate_limiting_is_off_at_zero_and_on_by_default_with_the_core_defaults() {
+    let off = app(&[("PUM_RATE_LIMIT", "0")]);
+    for _ in 0..600 {
+        let r = handle(&off, event("function-url-record-beacon.json")).await;
+        assert_eq!(r.status(), 200);
+    }
+    // Unset, the core's defaults apply (50 a second, 500 at once).
+    assert_eq!(config(&[]).rate_limit, pum_shared::RateLimit::default());
+    assert!(config(&[]).rate_limit.is_on());
+}
+
+/// A store that fails while `down` is set.
+#[derive(Default)]
+struct Flaky {
+    inner: MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Store for Flaky {
+    async fn merge(&self, batch: &str, delta: &Aggregate) -> Result<(), StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("down".into()));
+        }
+        self.inner.merge(batch, delta).await
+    }
+    async fn snapshot(&self) -> Result<Aggregate, StoreError> {
+        self.inner.snapshot().await
+    }
+}
+
+#[tokio::test]
+async fn refusals_carried_by_a_push_the_store_failed_are_counted_by_the_next() {
+    let app = App::new(config(LOW_LIMIT), Flaky::default());
+    let beacon = "function-url-record-beacon.json";
+    for status in [200, 200, 429] {
+        let r = handle(&app, event_from(beacon, "203.0.113.24")).await;
+        assert_eq!(r.status(), status);
+    }
+    app.store()
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = handle(&app, event_from(beacon, "198.51.100.9")).await;
+    assert_eq!(r.status(), 503);
+    app.store()
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = handle(&app, event_from(beacon, "198.51.100.10")).await;
+    assert_eq!(r.status(), 200);
+    let totals = app.store().snapshot().await.expect("snapshot");
+    assert_eq!(
+        counter(
+            &totals,
+            "pum_pushes_rejected_total",
+            &[("reason", "rate_limited")]
+        ),
+        1_000_000
+    );
+    assert_eq!(
+        counter(&totals, "pum_pushes_total", &[("result", "accepted")]),
+        3_000_000
+    );
+}
+
+#[test]
+fn a_bad_rate_limit_names_its_variable() {
+    for (name, value) in [
+        ("PUM_RATE_LIMIT", "fast"),
+        ("PUM_RATE_LIMIT", "-1"),
+        ("PUM_RATE_BURST", "0"),
+        ("PUM_RATE_LIMIT_CLIENTS", "0"),
+    ] {
+        let err = Config::from_env(|n| (n == name).then(|| value.to_owned()))
+            .expect_err("a bad rate limit");
+        let text = err.to_string();
+        assert!(text.starts_with(name), "{text}");
+    }
 }
