@@ -64,6 +64,17 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
+/// Prints the server's memory before an attack and at its peak since; returns the peak.
+fn report_rss(server: &Server, attack: &str, before: u64) -> u64 {
+    let (_, peak) = server.rss();
+    println!(
+        "{attack}: rss before {:.1} MB, peak {:.1} MB",
+        mb(before),
+        mb(peak)
+    );
+    peak
+}
+
 /// Pushes one demo batch; returns the status, or `None` if the connection failed.
 async fn try_push(server: &Server, i: usize) -> Option<u16> {
     client()
@@ -142,11 +153,10 @@ async fn slowloris_is_cut_within_the_header_timeout() {
     for t in tasks {
         slowest = slowest.max(t.await.expect("task"));
     }
-    let (_, peak) = server.rss();
-    println!(
-        "slowloris x{n}: every connection cut within {slowest:?}; rss before {:.1} MB, peak {:.1} MB",
-        mb(before),
-        mb(peak)
+    report_rss(
+        &server,
+        &format!("slowloris x{n}, every connection cut within {slowest:?}"),
+        before,
     );
     assert!(
         slowest < Duration::from_millis(3500),
@@ -245,12 +255,7 @@ async fn idle_connections_do_not_starve_health_checks_or_pushes() {
     assert_eq!(push(&server, 1).await, 200);
     let scrape = server.scrape(&c).await;
     assert_totals(&scrape, &expected_totals(&[batch(1)]));
-    let (_, peak) = server.rss();
-    println!(
-        "idle connections x{n}: rss before {:.1} MB, peak {:.1} MB",
-        mb(before),
-        mb(peak)
-    );
+    let peak = report_rss(&server, &format!("idle connections x{n}"), before);
     assert!(
         closed(&scrape, "evicted") > 0.0,
         "the flood was over the bound, so idle connections were closed for new ones\n{}",
@@ -296,11 +301,10 @@ async fn huge_unfinished_headers_do_not_grow_memory() {
             refused += 1;
         }
     }
-    let (_, peak) = server.rss();
-    println!(
-        "390 KB unfinished headers x{n}: {refused} answered 431; rss before {:.1} MB, peak {:.1} MB",
-        mb(before),
-        mb(peak)
+    let peak = report_rss(
+        &server,
+        &format!("390 KB unfinished heads x{n}, {refused} answered 431"),
+        before,
     );
     assert!(refused > 0, "no connection was answered 431");
     assert!(
