@@ -9,14 +9,13 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -178,12 +177,7 @@ impl Standalone {
             .and_then(|name| parts.headers.get(name))
             .and_then(|v| v.to_str().ok())
             .and_then(parse_client);
-        let client = from_header.or_else(|| {
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip())
-        });
+        let client = from_header.or_else(|| server::peer().map(|p| p.ip()));
         let (Some(client), Ok(mut limiter)) = (client, self.limiter.lock()) else {
             return Decision::Allow;
         };
