@@ -166,8 +166,8 @@ impl ConnectionMetrics {
 
 tokio::task_local! {
     /// The peer address of the connection whose request is being handled. A task-local rather
-    /// than axum's `ConnectInfo` request extension: inserting that allocated a map for every
-    /// request, a fifth of what this server adds to a push.
+    /// than axum's `ConnectInfo` request extension, whose insertion allocates a map for every
+    /// request.
     static PEER: SocketAddr;
 }
 
