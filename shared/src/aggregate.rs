@@ -561,20 +561,6 @@ impl Aggregate {
         }
     }
 
-    /// Checks that [`Aggregate::merge`] of `other` would keep every total exact (see
-    /// [`Overflow`]), without merging. A store that checks under the lock every merge into its
-    /// totals holds may merge later under that lock, and the merge cannot saturate.
-    pub fn check_merge(&self, other: &Aggregate) -> Result<(), Overflow> {
-        for (key, value) in other.series.iter() {
-            if let Some(mine) = self.series.get(key)
-                && !mine.can_add(value)
-            {
-                return Err(Overflow { key: key.clone() });
-            }
-        }
-        Ok(())
-    }
-
     /// Adds every series of `other` into `self` if every total stays exact; if any would
     /// overflow, changes nothing and says which. Where it succeeds it equals
     /// [`Aggregate::merge`]. Stores fold with it so that no total ever sticks at a ceiling.
