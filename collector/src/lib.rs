@@ -9,12 +9,10 @@
 //! - [`serve`]: serve mode, reading a remote store on a refresh loop.
 //! - [`server`]: the HTTP server under every listener: timeouts, connection bound, shutdown.
 //! - [`sources`]: the remote stores serve mode reads.
-//! - [`embedded`]: the embedded store (a write-ahead log with snapshots).
 //! - [`render`]: the `prometheus` collector that renders aggregates.
 //! - [`telemetry`]: the collector's own metrics.
 
 pub mod cli;
-pub mod embedded;
 pub mod render;
 pub mod serve;
 pub mod server;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricType};
 use pum_shared::aggregate::micros_to_f64;
-use pum_shared::config::{MetricKind, MetricSpec};
+use pum_shared::allowlist::{MetricKind, MetricSpec};
 use pum_shared::{Aggregate, Allowlist, SeriesKey, SeriesValue};
 
 use crate::telemetry::SelfMetrics;

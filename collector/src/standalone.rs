@@ -28,10 +28,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use crate::embedded::{COMPACT_AFTER_BYTES, EmbeddedStore};
 use crate::render::{AggregateCollector, Totals};
 use crate::server::{self, ConnectionMetrics, HttpLimits};
 use crate::telemetry::SelfMetrics;
+use pum_embedded::{COMPACT_AFTER_BYTES, EmbeddedStore};
 
 /// Push body bytes held in memory at once, over all connections: 32 MiB (or four of the largest
 /// bodies, if that is more). A body waits for room, within its timeout, before more of it is
@@ -78,7 +78,7 @@ pub fn load_allowlist(path: Option<&Path>, browser_pack: bool) -> anyhow::Result
         return Ok(Allowlist::compile(
             [(
                 "built-in example allowlist",
-                pum_shared::config::EXAMPLE_ALLOWLIST,
+                pum_shared::allowlist::EXAMPLE_ALLOWLIST,
             )],
             browser_pack,
         )?);

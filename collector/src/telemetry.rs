@@ -1,14 +1,8 @@
-//! pum's own process metrics, declared in one place. (The counters of pushes, samples and
-//! rejections travel through the store with the data and are declared in
-//! `pum_shared::config::internal`, so that every backend reports them.)
+//! pum's own process metrics, made from their one declaration in [`pum_shared::own`] (which also
+//! declares the counters of pushes, samples and rejections, which travel through the store).
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-
-/// Buckets for store latencies, in seconds: from 50 µs to 5 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0,
-];
+use pum_shared::own::{self, OwnMetric};
 
 /// The collector's own metrics. Cloning shares them.
 #[derive(Clone)]
@@ -46,49 +40,31 @@ impl Default for SelfMetrics {
 impl SelfMetrics {
     /// Creates the metrics (unregistered).
     pub fn new() -> Self {
-        // The options below are constants: creation cannot fail.
-        let hist = |name: &str, help: &str| {
-            Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
-                .expect("valid histogram options")
+        // The options are constants, covered by tests: creation cannot fail.
+        let hist = |m: OwnMetric| {
+            Histogram::with_opts(
+                HistogramOpts::new(m.name, m.help).buckets(own::LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid histogram options")
         };
+        let opts = |m: OwnMetric| Opts::new(m.name, m.help);
+        let labels = |m: OwnMetric| m.labels.iter().map(|(l, _)| *l).collect::<Vec<_>>();
+        let counters =
+            |m: OwnMetric| IntCounterVec::new(opts(m), &labels(m)).expect("valid counter options");
+        let gauge = |m: OwnMetric| IntGauge::with_opts(opts(m)).expect("valid gauge options");
         SelfMetrics {
-            store_write_seconds: hist(
-                "pum_store_write_seconds",
-                "Time to merge one push into the store, in seconds.",
-            ),
-            store_read_seconds: hist(
-                "pum_store_read_seconds",
-                "Time to read the totals from the store, in seconds.",
-            ),
-            store_errors_total: IntCounterVec::new(
-                Opts::new("pum_store_errors_total", "Failed store operations, by op (read, write)."),
-                &["op"],
-            )
-            .expect("valid counter options"),
-            series: IntGauge::new("pum_series", "Series held in the totals.").expect("valid gauge"),
-            series_skipped: IntGauge::new(
-                "pum_series_skipped",
-                "Series not rendered because the allowlist no longer has their metric or their buckets changed.",
-            )
-            .expect("valid gauge"),
-            snapshot_age_seconds: IntGauge::new(
-                "pum_snapshot_age_seconds",
-                "Seconds since the totals were last read successfully from the store.",
-            )
-            .expect("valid gauge"),
+            store_write_seconds: hist(own::STORE_WRITE_SECONDS),
+            store_read_seconds: hist(own::STORE_READ_SECONDS),
+            store_errors_total: counters(own::STORE_ERRORS),
+            series: gauge(own::SERIES),
+            series_skipped: gauge(own::SERIES_SKIPPED),
+            snapshot_age_seconds: gauge(own::SNAPSHOT_AGE),
             connections: IntGaugeVec::new(
-                Opts::new("pum_http_connections", "HTTP connections open now, by listener."),
-                &["listener"],
+                opts(own::HTTP_CONNECTIONS),
+                &labels(own::HTTP_CONNECTIONS),
             )
             .expect("valid gauge options"),
-            connections_closed_total: IntCounterVec::new(
-                Opts::new(
-                    "pum_http_connections_closed_total",
-                    "HTTP connections closed, by listener and reason (closed, header_timeout, idle_timeout, evicted, refused, shutdown).",
-                ),
-                &["listener", "reason"],
-            )
-            .expect("valid counter options"),
+            connections_closed_total: counters(own::HTTP_CONNECTIONS_CLOSED),
         }
     }
 

@@ -13,7 +13,7 @@
 //! whole. Otherwise each sample is judged on its own: the valid ones are recorded and each
 //! rejected one is named in the answer (index, metric, reason). Nothing valid is dropped because
 //! a neighbour was bad. Every refusal and rejection is counted by its [`Reason`] in pum's own
-//! metrics, which travel in the same delta as the data (see [`crate::config::internal`]).
+//! metrics, which travel in the same delta as the data (see [`crate::own`]).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -25,80 +25,10 @@ use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
 use crate::aggregate::{Aggregate, Overflow, SeriesKey, to_micros};
-use crate::config::{Allowlist, MetricKind, MetricSpec, internal};
+use crate::allowlist::{Allowlist, MetricKind, MetricSpec};
 use crate::limits::Limits;
-
-macro_rules! reasons {
-    ($($variant:ident = $code:literal, $push:literal, $status:literal, $doc:literal;)*) => {
-        /// Why a push was refused or a sample rejected. The code ([`Reason::as_str`]) is stable:
-        /// it is the `error`/`reason` in answers and the `reason` label of pum's counters.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum Reason {
-            $(#[doc = $doc] $variant,)*
-        }
-
-        impl Reason {
-            /// Every reason, in declaration order.
-            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
-
-            /// The stable machine-readable code.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Reason::$variant => $code,)* }
-            }
-
-            /// Whether the reason refuses a whole push (else it rejects one sample).
-            pub fn is_push_level(self) -> bool {
-                match self { $(Reason::$variant => $push,)* }
-            }
-
-            /// The HTTP status of a push refused for this reason.
-            pub fn status(self) -> u16 {
-                match self { $(Reason::$variant => $status,)* }
-            }
-        }
-    };
-}
-
-reasons! {
-    InvalidJson = "invalid_json", true, 400, "The body is not valid JSON (or is nested too deep).";
-    NotAnArray = "not_an_array", true, 400, "The body is JSON but not an array of samples.";
-    EmptyBatch = "empty_batch", true, 400, "The array holds no samples.";
-    BodyTooLarge = "body_too_large", true, 413, "The body is larger than the limit.";
-    BodyTimeout = "body_timeout", true, 408, "The body did not arrive within the body timeout.";
-    TooManySamples = "too_many_samples", true, 413, "The array holds more samples than the limit.";
-    UnsupportedMediaType = "unsupported_media_type", true, 415, "The Content-Type is neither application/json nor text/plain.";
-    OriginNotAllowed = "origin_not_allowed", true, 403, "The request's Origin is not in the origin allowlist.";
-    RateLimited = "rate_limited", true, 429, "The client sent more pushes than the edge's rate limit allows.";
-    NoValidSamples = "no_valid_samples", true, 400, "Every sample was rejected; each is listed with its reason.";
-    TotalOverflow = "total_overflow", true, 422, "Adding the push would take a stored total past what pum holds exactly; nothing of it was recorded.";
-    InvalidSample = "invalid_sample", false, 400, "The sample is not a JSON object of the sample shape.";
-    MissingMetricName = "missing_metric_name", false, 400, "The sample has no metricName.";
-    InvalidMetricName = "invalid_metric_name", false, 400, "metricName is not a string.";
-    UnknownMetric = "unknown_metric", false, 400, "The metric is not in the allowlist.";
-    MissingMetricType = "missing_metric_type", false, 400, "The sample has no metricType.";
-    TypeMismatch = "type_mismatch", false, 400, "metricType is not the allowlisted type of the metric.";
-    InvalidLabels = "invalid_labels", false, 400, "labels is not an object of label names to values.";
-    UnknownLabel = "unknown_label", false, 400, "A label name is not allowlisted for the metric.";
-    InvalidLabelValue = "invalid_label_value", false, 400, "A label value is not a string.";
-    LabelValueTooLong = "label_value_too_long", false, 400, "A label value is longer than the limit.";
-    LabelValueNotAllowed = "label_value_not_allowed", false, 400, "A label value is not in the label's allowedValues.";
-    MissingValue = "missing_value", false, 400, "A counter has no inc, or a histogram no observations.";
-    InvalidValue = "invalid_value", false, 400, "inc or an observation is not a number, or observations is not an array.";
-    TooManyObservations = "too_many_observations", false, 400, "A histogram sample carries more observations than the limit.";
-    ValueOutOfRange = "value_out_of_range", false, 400, "A value is negative, not finite, or above the metric's maximum.";
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for Reason {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
+use crate::own::OwnKeys;
+pub use crate::reason::Reason;
 
 /// One rejected sample, as named in the answer.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -144,7 +74,7 @@ pub enum BodyError {
 }
 
 /// What the edge knows about a request, for labels the allowlist fills in at the edge
-/// ([`crate::config::LabelSource`]). Nothing here is stored except through such labels.
+/// ([`crate::allowlist::LabelSource`]). Nothing here is stored except through such labels.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestContext {
     /// The client's country, ISO 3166-1 alpha-2 (e.g. `DE`), if the platform reports one.
@@ -157,69 +87,6 @@ pub struct Ingest {
     allowlist: Allowlist,
     limits: Limits,
     keys: OwnKeys,
-}
-
-/// One count, in fixed point.
-const ONE: u128 = 1_000_000;
-
-/// The series keys of pum's own counters, built once (cloning one shares its strings).
-#[derive(Clone, Debug)]
-struct OwnKeys {
-    /// `pum_pushes_total` by result: accepted, partial, rejected.
-    pushes: [SeriesKey; 3],
-    samples_accepted: SeriesKey,
-    record_total: SeriesKey,
-    /// By reason, in [`Reason::ALL`] order.
-    pushes_rejected: Vec<SeriesKey>,
-    samples_rejected: Vec<SeriesKey>,
-}
-
-impl OwnKeys {
-    fn new() -> Self {
-        let by_reason = |metric: &str| {
-            Reason::ALL
-                .iter()
-                .map(|r| SeriesKey::new(metric, &[("reason", r.as_str())]))
-                .collect()
-        };
-        OwnKeys {
-            pushes: ["accepted", "partial", "rejected"]
-                .map(|r| SeriesKey::new(internal::PUSHES, &[("result", r)])),
-            samples_accepted: SeriesKey::new(internal::SAMPLES_ACCEPTED, &[]),
-            record_total: SeriesKey::new(internal::RECORD_TOTAL, &[]),
-            pushes_rejected: by_reason(internal::PUSHES_REJECTED),
-            samples_rejected: by_reason(internal::SAMPLES_REJECTED),
-        }
-    }
-
-    /// Adds `n` pushes refused for `reason` to `delta`.
-    fn refused(&self, delta: &mut Aggregate, reason: Reason, n: u64) {
-        let n = u128::from(n) * ONE;
-        delta.add_counter(self.pushes[2].clone(), n);
-        delta.add_counter(self.pushes_rejected[reason as usize].clone(), n);
-    }
-
-    /// Adds pum's own counters about one push to `delta`.
-    fn count(
-        &self,
-        delta: &mut Aggregate,
-        accepted: usize,
-        rejected: &[Rejection],
-        refused: Option<Reason>,
-    ) {
-        match (refused, rejected.is_empty()) {
-            (Some(reason), _) => self.refused(delta, reason, 1),
-            (None, true) => delta.add_counter(self.pushes[0].clone(), ONE),
-            (None, false) => delta.add_counter(self.pushes[1].clone(), ONE),
-        }
-        if accepted > 0 {
-            delta.add_counter(self.samples_accepted.clone(), accepted as u128 * ONE);
-            delta.add_counter(self.record_total.clone(), ONE);
-        }
-        for r in rejected {
-            delta.add_counter(self.samples_rejected[r.reason as usize].clone(), ONE);
-        }
-    }
 }
 
 #[derive(Serialize)]
@@ -533,7 +400,7 @@ impl Ingest {
         let Some(spec) = self
             .allowlist
             .get(&name)
-            .filter(|s| s.origin != crate::config::Origin::Internal)
+            .filter(|s| s.origin != crate::allowlist::Origin::Internal)
         else {
             return fail(
                 Reason::UnknownMetric,
@@ -662,7 +529,7 @@ impl Ingest {
         }
         for label in spec.labels.iter().filter(|l| l.source.is_some()) {
             let given = match label.source {
-                Some(crate::config::LabelSource::Country) => ctx.country.as_deref(),
+                Some(crate::allowlist::LabelSource::Country) => ctx.country.as_deref(),
                 None => None,
             };
             // `otherValue` is required with `source`, so a value always resolves.

@@ -5,10 +5,11 @@
 //! serves them to Prometheus. This crate is everything those parts agree on, and nothing that ties
 //! it to a platform:
 //!
-//! - [`config`]: the allowlist (the original aggregator's JSON format), compiled once into a
-//!   checked [`config::Allowlist`]; bad config names its file, metric and field.
-//! - [`ingest`]: the `POST /record` wire format, per-sample validation with stable
-//!   [`ingest::Reason`] codes, and the JSON answers.
+//! - [`allowlist`]: the allowlist (the original aggregator's JSON format), compiled once into a
+//!   checked [`allowlist::Allowlist`]; bad config names its file, metric and field.
+//! - [`ingest`]: the `POST /record` wire format, per-sample validation, and the JSON answers.
+//! - [`reason`]: the stable [`Reason`] codes of every refusal and rejection.
+//! - [`own`]: pum's own metrics, declared once.
 //! - [`aggregate`]: exact, mergeable aggregates ([`aggregate::Aggregate`]), in fixed point so that
 //!   merging is commutative and associative, and their snapshot encoding.
 //! - [`http`]: routing, CORS and the responses every adapter returns, as plain data.
@@ -20,11 +21,13 @@
 //! for `wasm32-unknown-unknown` (where `SystemTime::now()` panics, one more reason for that rule).
 
 pub mod aggregate;
-pub mod config;
+pub mod allowlist;
 pub mod http;
 pub mod ingest;
 pub mod limits;
+pub mod own;
 pub mod ratelimit;
+pub mod reason;
 pub mod store;
 
 #[cfg(feature = "conformance")]
@@ -33,10 +36,11 @@ pub mod conformance;
 pub mod corpus;
 
 pub use aggregate::{Aggregate, SeriesKey, SeriesValue};
-pub use config::{Allowlist, ConfigError};
-pub use ingest::{BodyError, Ingest, PushOutcome, Reason};
+pub use allowlist::{Allowlist, ConfigError};
+pub use ingest::{BodyError, Ingest, PushOutcome};
 pub use limits::Limits;
 pub use ratelimit::{Decision, RateLimit, RateLimiter};
+pub use reason::Reason;
 pub use store::{Store, StoreError};
 
 /// `Send` on native targets and nothing on wasm, where Worker futures and JS handles are not

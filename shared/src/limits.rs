@@ -7,7 +7,7 @@
 //! [`PLAUSIBLE_PUSHES`] pushes could take a total past that.
 
 use crate::aggregate::{micros_to_f64, to_micros};
-use crate::config::{Allowlist, ConfigError, MetricKind};
+use crate::allowlist::{Allowlist, ConfigError, MetricKind};
 
 /// How many pushes into one series pum's totals must be able to hold: 10^12, a thousand pushes a
 /// second for about 31 years. [`Limits::check`] refuses any maximum for which this many pushes,
@@ -159,7 +159,7 @@ const HISTOGRAM: MetricKind = MetricKind::Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BROWSER_PACK, EXAMPLE_ALLOWLIST};
+    use crate::allowlist::{BROWSER_PACK, EXAMPLE_ALLOWLIST};
 
     fn allowlist(max_value: &str, kind: &str) -> Allowlist {
         let text = format!(

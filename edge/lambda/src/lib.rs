@@ -99,7 +99,7 @@ impl Config {
             None => Allowlist::compile(
                 [(
                     "built-in example allowlist",
-                    pum_shared::config::EXAMPLE_ALLOWLIST,
+                    pum_shared::allowlist::EXAMPLE_ALLOWLIST,
                 )],
                 browser_pack,
             )?,

@@ -648,8 +648,11 @@ async fn bench(n: usize) {
         health.push(t.elapsed());
     }
     let ingest = pum_shared::Ingest::new(
-        pum_shared::Allowlist::compile([("example", pum_shared::config::EXAMPLE_ALLOWLIST)], true)
-            .expect("allowlist"),
+        pum_shared::Allowlist::compile(
+            [("example", pum_shared::allowlist::EXAMPLE_ALLOWLIST)],
+            true,
+        )
+        .expect("allowlist"),
         pum_shared::Limits::default(),
     );
     let delta = ingest.push(Some("text/plain"), BEACON.as_bytes()).delta;

@@ -1,5 +1,5 @@
 //! The `Shard` Durable Object: appends each push as one row, folds on its alarm, publishes its
-//! cumulative snapshot to KV. What it stores and how it folds is in [`crate::shard`].
+//! cumulative snapshot to KV. What it stores and how it folds is in [`pum_shard`].
 //!
 //! Durability: a push's row is written with `sql.exec` and the object answers after it; the
 //! runtime's output gate holds the answer until the write is confirmed, and if the write fails
@@ -25,7 +25,7 @@ use worker::{
 };
 
 use crate::entry::{KV_BINDING, env_text};
-use crate::shard;
+use pum_shard as shard;
 
 /// One shard.
 #[durable_object]

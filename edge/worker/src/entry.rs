@@ -21,7 +21,7 @@ use worker::{Context, Env, Headers, Method, Request, RequestInit, Response, Resu
 
 use crate::export::{self, EXPORT_PATH};
 use crate::settings::Settings;
-use crate::shard;
+use pum_shard as shard;
 
 /// The Durable Object namespace binding of the shards (wrangler.toml `durable_objects`).
 pub(crate) const SHARD_BINDING: &str = "SHARD";

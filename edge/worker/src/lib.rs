@@ -23,14 +23,14 @@
 //! Layout:
 //! - [`settings`]: the Worker's configuration from its vars (allowlist, origins, shards, token,
 //!   rate limit).
-//! - [`shard`]: what a shard stores and how it folds, platform-free so it is tested natively.
+//! - `pum_shard` (stores/shard): what a shard stores and how it folds, platform-free so it is
+//!   tested natively.
 //! - [`export`]: the export endpoint's token check and document.
 //! - `entry` and `durable` (wasm32 only): the Workers runtime glue, the fetch handler and the
 //!   `Shard` Durable Object. They are all the code that touches the platform.
 
 pub mod export;
 pub mod settings;
-pub mod shard;
 
 #[cfg(target_arch = "wasm32")]
 mod durable;

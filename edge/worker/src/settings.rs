@@ -7,7 +7,7 @@
 //! | `BROWSER_PACK` | `true` | whether the built-in browser pack (navigation timing, Core Web Vitals) is allowed too |
 //! | `ALLOWED_ORIGINS` | `*` | origins allowed to push, comma-separated, as `--allowed-origins` |
 //! | `SHARDS` | `4` | Durable Objects pushes are spread over (1 to 1024) |
-//! | `FOLD_SECONDS` | `5` | seconds between a shard's folds while pushes arrive (1 to 3600; read by the shards, see [`crate::shard`]) |
+//! | `FOLD_SECONDS` | `5` | seconds between a shard's folds while pushes arrive (1 to 3600; read by the shards, see `pum_shard`) |
 //! | `EXPORT_TOKEN` | none | bearer token of `GET /export`; a secret. Without it the export refuses every request. |
 //! | `RATE_LIMIT` | `50` | pushes a second one client address (`CF-Connecting-IP`; an IPv6 client by its /64) may send; `0` turns rate limiting off. Counted per isolate: see below |
 //! | `RATE_BURST` | `500` | pushes a client may send at once before `RATE_LIMIT` applies (at least 1) |
@@ -74,7 +74,7 @@ impl Settings {
             None => Allowlist::compile(
                 [(
                     "built-in example allowlist",
-                    pum_shared::config::EXAMPLE_ALLOWLIST,
+                    pum_shared::allowlist::EXAMPLE_ALLOWLIST,
                 )],
                 browser_pack,
             ),

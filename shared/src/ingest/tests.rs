@@ -1,6 +1,7 @@
 use super::*;
 use crate::aggregate::SeriesValue;
 use crate::corpus::bad_pushes;
+use crate::own;
 
 fn ingest() -> Ingest {
     Ingest::new(Allowlist::example(), Limits::default())
@@ -52,11 +53,11 @@ fn seed_format_push_aggregates_exactly() {
         .expect("lcp");
     assert_eq!(lcp.count(), Some(1));
     assert_eq!(
-        counter(d, internal::PUSHES, &[("result", "accepted")]),
+        counter(d, own::PUSHES, &[("result", "accepted")]),
         1_000_000
     );
-    assert_eq!(counter(d, internal::SAMPLES_ACCEPTED, &[]), 6_000_000);
-    assert_eq!(counter(d, internal::RECORD_TOTAL, &[]), 1_000_000);
+    assert_eq!(counter(d, own::SAMPLES_ACCEPTED, &[]), 6_000_000);
+    assert_eq!(counter(d, own::RECORD_TOTAL, &[]), 1_000_000);
 }
 
 #[test]
@@ -97,7 +98,7 @@ fn bad_push_corpus_gets_its_answers() {
         // Every refusal and rejection is counted in the delta.
         if let Some(error) = &case.error {
             assert_eq!(
-                counter(&out.delta, internal::PUSHES_REJECTED, &[("reason", error)]),
+                counter(&out.delta, own::PUSHES_REJECTED, &[("reason", error)]),
                 1_000_000,
                 "{}",
                 case.name
@@ -105,7 +106,7 @@ fn bad_push_corpus_gets_its_answers() {
         }
         for r in &case.rejected {
             assert!(
-                counter(&out.delta, internal::SAMPLES_REJECTED, &[("reason", r)]) >= 1_000_000,
+                counter(&out.delta, own::SAMPLES_REJECTED, &[("reason", r)]) >= 1_000_000,
                 "{}",
                 case.name
             );
@@ -132,7 +133,7 @@ fn rejections_name_index_metric_and_reason() {
     assert_eq!(out.status, 200);
     insta::assert_snapshot!(out.body, @r#"{"accepted":1,"rejected":[{"index":1,"metric":"demo_feature_usage_total","reason":"value_out_of_range","message":"inc is -1; it must be between 0 and 1000000"}]}"#);
     assert_eq!(
-        counter(&out.delta, internal::PUSHES, &[("result", "partial")]),
+        counter(&out.delta, own::PUSHES, &[("result", "partial")]),
         1_000_000
     );
 }
@@ -147,7 +148,7 @@ fn refusals_are_json_with_a_code() {
     );
     assert_eq!(out.status, 403);
     assert_eq!(
-        counter(&out.delta, internal::PUSHES, &[("result", "rejected")]),
+        counter(&out.delta, own::PUSHES, &[("result", "rejected")]),
         1_000_000
     );
 }
@@ -579,11 +580,7 @@ fn counted_refusals_are_n_times_what_a_refusal_counts() {
         assert_eq!(got, want, "{reason}");
         assert_eq!(got.to_json(), want.to_json(), "{reason}");
         assert_eq!(
-            counter(
-                &got,
-                internal::PUSHES_REJECTED,
-                &[("reason", reason.as_str())]
-            ),
+            counter(&got, own::PUSHES_REJECTED, &[("reason", reason.as_str())]),
             3_000_000
         );
     }
@@ -595,11 +592,11 @@ fn counted_refusals_are_n_times_what_a_refusal_counts() {
     let mut delta = out.delta.clone();
     ingest.count_refused(&mut delta, Reason::RateLimited, 2);
     assert_eq!(
-        counter(&delta, internal::PUSHES, &[("result", "accepted")]),
+        counter(&delta, own::PUSHES, &[("result", "accepted")]),
         1_000_000
     );
     assert_eq!(
-        counter(&delta, internal::PUSHES, &[("result", "rejected")]),
+        counter(&delta, own::PUSHES, &[("result", "rejected")]),
         2_000_000
     );
     // None at all adds no series.

@@ -33,20 +33,6 @@ pub const BROWSER_PACK: &str = include_str!("../packs/browser.json");
 /// The example allowlist pum runs on when given no config (the demo page's metrics).
 pub const EXAMPLE_ALLOWLIST: &str = include_str!("../../examples/allowlist/example.json");
 
-/// pum's own metrics that travel through the store with the data, so every backend reports them.
-pub mod internal {
-    /// Pushes received on `/record`, by `result` (`accepted`, `partial`, `rejected`).
-    pub const PUSHES: &str = "pum_pushes_total";
-    /// Samples accepted.
-    pub const SAMPLES_ACCEPTED: &str = "pum_samples_accepted_total";
-    /// Samples rejected, by `reason`.
-    pub const SAMPLES_REJECTED: &str = "pum_samples_rejected_total";
-    /// Whole pushes refused, by `reason`.
-    pub const PUSHES_REJECTED: &str = "pum_pushes_rejected_total";
-    /// The original aggregator's count of recorded pushes, kept so its dashboards keep working.
-    pub const RECORD_TOTAL: &str = "metrics_aggregator_record_total";
-}
-
 /// A configuration error, naming where it is.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{source_name}: {}{}{message}", metric.as_ref().map(|m| format!("metric {m:?}: ")).unwrap_or_default(), field.as_ref().map(|f| format!("field {f:?}: ")).unwrap_or_default())]
@@ -286,53 +272,21 @@ impl Allowlist {
     }
 
     fn add_internal(&mut self) {
-        use crate::ingest::Reason;
-        let counter = |name: &str, help: &str, labels: Vec<LabelSpec>| MetricSpec {
-            interned_name: Arc::from(name),
-            name: name.to_owned(),
-            help: help.to_owned(),
-            kind: MetricKind::Counter,
-            labels,
-            max_value: None,
-            origin: Origin::Internal,
-        };
-        let reasons = |push: bool| -> Vec<String> {
-            Reason::ALL
+        for own in crate::own::STORED {
+            let labels = own
+                .labels
                 .iter()
-                .filter(|r| r.is_push_level() == push)
-                .map(|r| r.as_str().to_owned())
-                .collect()
-        };
-        for spec in [
-            counter(
-                internal::PUSHES,
-                "Pushes received on /record, by result: accepted (every sample), partial (some), rejected (none).",
-                vec![LabelSpec::new(
-                    "result",
-                    vec!["accepted".into(), "partial".into(), "rejected".into()],
-                )],
-            ),
-            counter(
-                internal::SAMPLES_ACCEPTED,
-                "Samples accepted and aggregated.",
-                vec![],
-            ),
-            counter(
-                internal::SAMPLES_REJECTED,
-                "Samples rejected, by reason.",
-                vec![LabelSpec::new("reason", reasons(false))],
-            ),
-            counter(
-                internal::PUSHES_REJECTED,
-                "Whole pushes refused, by reason.",
-                vec![LabelSpec::new("reason", reasons(true))],
-            ),
-            counter(
-                internal::RECORD_TOTAL,
-                "The number of times clients have posted to /record and had samples recorded. Try rate(metrics_aggregator_record_total[5m])*10 for a sense of how many pages are open.",
-                vec![],
-            ),
-        ] {
+                .map(|(name, values)| LabelSpec::new(name, values.list()))
+                .collect();
+            let spec = MetricSpec {
+                interned_name: Arc::from(own.name),
+                name: own.name.to_owned(),
+                help: own.help.to_owned(),
+                kind: MetricKind::Counter,
+                labels,
+                max_value: None,
+                origin: Origin::Internal,
+            };
             self.metrics.insert(spec.name.clone(), spec);
         }
     }
@@ -646,7 +600,7 @@ mod tests {
             })
         );
         assert!(
-            list.get(internal::PUSHES).is_some(),
+            list.get(crate::own::PUSHES).is_some(),
             "internal metrics are always there"
         );
     }

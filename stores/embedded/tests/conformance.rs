@@ -1,8 +1,7 @@
-//! The store conformance suite against the embedded store (and the in-memory reference store).
+//! The store conformance suite against the embedded store.
 
-use pum_collector::embedded::EmbeddedStore;
+use pum_embedded::EmbeddedStore;
 use pum_shared::conformance::Harness;
-use pum_shared::store::MemoryStore;
 
 struct Embedded(tempfile::TempDir);
 
@@ -25,22 +24,4 @@ fn embedded() -> Embedded {
 mod embedded_store {
     use super::*;
     pum_shared::store_conformance_tests!(embedded());
-}
-
-struct Memory;
-
-impl Harness for Memory {
-    type S = MemoryStore;
-    async fn open(&mut self) -> MemoryStore {
-        MemoryStore::new()
-    }
-    /// In-memory totals live as long as the store: "restarting" keeps the same instance.
-    async fn reopen(&mut self, store: MemoryStore) -> MemoryStore {
-        store
-    }
-}
-
-mod memory_store {
-    use super::*;
-    pum_shared::store_conformance_tests!(Memory);
 }

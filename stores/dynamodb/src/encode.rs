@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use pum_shared::aggregate::{Overflow, SeriesKey, SeriesValue};
-use pum_shared::config::internal;
+use pum_shared::own;
 
 /// The group of the shared item that holds pum's per-push counters.
 pub const SHARED_GROUP: &str = "*";
@@ -34,10 +34,9 @@ pub const MAX_NUMBER: u128 = 99_999_999_999_999_999_999_999_999_999_999_999_999;
 /// item writes than it has distinct metrics, its idempotency marker included (see the crate docs).
 pub fn group_of(metric: &str) -> &str {
     match metric {
-        internal::PUSHES
-        | internal::PUSHES_REJECTED
-        | internal::SAMPLES_ACCEPTED
-        | internal::RECORD_TOTAL => SHARED_GROUP,
+        own::PUSHES | own::PUSHES_REJECTED | own::SAMPLES_ACCEPTED | own::RECORD_TOTAL => {
+            SHARED_GROUP
+        }
         m => m,
     }
 }
@@ -386,12 +385,9 @@ mod tests {
 
     #[test]
     fn groups() {
-        assert_eq!(group_of(internal::PUSHES), SHARED_GROUP);
-        assert_eq!(group_of(internal::RECORD_TOTAL), SHARED_GROUP);
-        assert_eq!(
-            group_of(internal::SAMPLES_REJECTED),
-            internal::SAMPLES_REJECTED
-        );
+        assert_eq!(group_of(own::PUSHES), SHARED_GROUP);
+        assert_eq!(group_of(own::RECORD_TOTAL), SHARED_GROUP);
+        assert_eq!(group_of(own::SAMPLES_REJECTED), own::SAMPLES_REJECTED);
         assert_eq!(group_of("browser_lcp_seconds"), "browser_lcp_seconds");
     }
 
