@@ -20,7 +20,7 @@ use crate::server::HttpLimits;
     name = "pum-collector",
     version,
     propagate_version = true,
-    after_help = "Examples:\n  pum-collector standalone                      # demo page on http://127.0.0.1:3000/, metrics on :9102\n  pum-collector standalone --config allowlist/  # your own allowlist (a file or a directory of *.json)\n  pum-collector check-config --config allowlist/\n  pum-collector serve --source cloudflare --url https://pum.example.workers.dev --token $EXPORT_TOKEN\n  pum-collector serve --source dynamodb --table pum-aggregates --region eu-west-1"
+    after_help = "Examples:\n  pum-collector standalone                      # demo page on http://127.0.0.1:3000/, metrics on :9102\n  pum-collector standalone --config allowlist/  # your own allowlist (a file or a directory of *.json)\n  pum-collector check-config --config allowlist/\n  pum-collector serve --source cloudflare --url https://pum.example.workers.dev --token $PUM_EXPORT_TOKEN\n  pum-collector serve --source dynamodb --table pum-aggregates --region eu-west-1"
 )]
 pub struct Cli {
     /// What to run.
@@ -62,16 +62,32 @@ pub struct ConfigArgs {
     #[arg(long, env = "PUM_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// Do not load the built-in browser pack (navigation timing and Core Web Vitals metrics sent
-    /// by pum's client).
-    #[arg(long, env = "PUM_NO_BROWSER_PACK")]
+    /// Whether to allow the built-in browser pack too (navigation timing and Core Web Vitals
+    /// metrics sent by pum's client): true or false.
+    #[arg(
+        long,
+        env = "PUM_BROWSER_PACK",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub browser_pack: bool,
+
+    /// The same as --browser-pack false.
+    #[arg(long)]
     pub no_browser_pack: bool,
 }
 
 impl ConfigArgs {
     /// Reads and compiles the allowlist these flags name.
     pub fn load(&self) -> anyhow::Result<pum_shared::Allowlist> {
-        crate::standalone::load_allowlist(self.config.as_deref(), !self.no_browser_pack)
+        let pack = self.browser_pack && !self.no_browser_pack;
+        crate::standalone::load_allowlist(self.config.as_deref(), pack)
+    }
+
+    /// The allowlist, if `--config` names one (serve mode renders from the store's otherwise).
+    pub fn load_given(&self) -> anyhow::Result<Option<pum_shared::Allowlist>> {
+        self.config.as_ref().map(|_| self.load()).transpose()
     }
 }
 
@@ -269,7 +285,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PUM_SOURCE", value_enum)]
     pub source: SourceKind,
 
-    /// The allowlist the edge validates with (rendering uses its help texts and buckets).
+    /// Not needed: every ingest stores the allowlist it validates with, and serve renders from
+    /// that. Given, it is used first, and where it differs from the stored one the difference
+    /// is logged, metric by metric.
     #[command(flatten)]
     pub config: ConfigArgs,
 
@@ -294,7 +312,7 @@ pub struct ServeArgs {
     )]
     pub url: Option<String>,
 
-    /// Cloudflare: the export token (the Worker's EXPORT_TOKEN secret).
+    /// Cloudflare: the export token (the Worker's PUM_EXPORT_TOKEN secret).
     #[arg(
         long,
         env = "PUM_TOKEN",

@@ -6,6 +6,7 @@ use clap::Parser;
 use pum_collector::cli::{Cli, Command, HttpArgs, ServeArgs, SourceKind};
 use pum_collector::server::{self, HttpLimits};
 use pum_collector::standalone::{self, Settings};
+use pum_shared::Ingest;
 use pum_shared::http::Cors;
 
 /// mimalloc: each push allocates and frees many small objects, and glibc's allocator spent a
@@ -52,14 +53,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let allowlist = args.config.load()?;
             let limits = args.limits.check(&allowlist)?;
             let settings = Settings {
-                allowlist,
-                limits,
-                cors: Cors::parse(&args.allowed_origins),
+                app: pum_shared::app::Settings {
+                    ingest: Ingest::new(allowlist, limits),
+                    cors: Cors::parse(&args.allowed_origins),
+                    rate_limit: args.rate.limit().map_err(anyhow::Error::msg)?,
+                },
                 data_dir: args.data_dir.clone(),
                 sync_interval: args.sync_interval,
                 metrics_token: args.metrics.metrics_token.clone(),
                 http: http_limits(&args.http),
-                rate_limit: args.rate.limit().map_err(anyhow::Error::msg)?,
                 client_ip_header: args.rate.client_ip_header.clone(),
             };
             runtime()?.block_on(async move {
@@ -79,7 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let allowlist = args.config.load()?;
+    let allowlist = args.config.load_given()?;
     let settings = pum_collector::serve::ServeSettings {
         allowlist,
         refresh: args.refresh,

@@ -1,61 +1,42 @@
 //! Standalone mode: ingest, the embedded store and `/metrics` in one process.
 //!
-//! The two HTTP apps are plain functions of their state ([`ingest_app`], [`metrics_app`]), and
-//! [`run`] takes its listeners and its shutdown signal from the caller, so tests bind port 0 and
-//! stop the server when they like. Both listeners run on [`crate::server`], with its timeouts
-//! and connection bounds; push bodies are read within `--body-timeout` and count against one
-//! memory budget ([`BODY_BUDGET_BYTES`]), so slow or unfinished bodies cannot grow memory
-//! without bound.
+//! The ingest side is the core's app ([`pum_shared::app`]) behind standalone's adapter
+//! ([`crate::ingest`]); the store is the embedded one ([`pum_embedded`]), timed and counted
+//! ([`Timed`]); `/metrics` renders what the store holds, read on each scrape. [`run`] takes its
+//! listeners and its shutdown signal from the caller, so tests bind port 0 and stop the server
+//! when they like. Both listeners run on [`crate::server`], with its timeouts and connection
+//! bounds.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
-use pum_shared::http::{self as core_http, Cors};
-use pum_shared::ratelimit::{Decision, RateLimit, RateLimiter, parse_client};
-use pum_shared::store::store_push;
-use pum_shared::{Aggregate, Allowlist, BodyError, Ingest, Limits, PushOutcome, Reason, Store};
+use pum_embedded::{COMPACT_AFTER_BYTES, EmbeddedStore};
+use pum_shared::app::App;
+use pum_shared::http as core_http;
+use pum_shared::{Allowlist, Merged, Push, Read, Store, StoreError, Stored};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::render::{AggregateCollector, Totals};
+use crate::body::BODY_BUDGET_BYTES;
+use crate::ingest::{Ingest, now_ms, to_response};
+use crate::render::{AggregateCollector, Latest, read_into};
 use crate::server::{self, ConnectionMetrics, HttpLimits};
 use crate::telemetry::SelfMetrics;
-use pum_embedded::{COMPACT_AFTER_BYTES, EmbeddedStore};
-
-/// Push body bytes held in memory at once, over all connections: 32 MiB (or four of the largest
-/// bodies, if that is more). A body waits for room, within its timeout, before more of it is
-/// read; realistic beacons (about 1.4 KB) never wait.
-pub const BODY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
-
-/// The browser client, as built from `static/src`.
-const CLIENT_JS: &str = include_str!("../../static/aggregatorClient.js");
-/// The demo page with the original snippet.
-const DEMO_HTML: &str = include_str!("../../static/demo/index.html");
-/// The demo page with the CSP-friendly install.
-const DEMO_CSP_HTML: &str = include_str!("../../static/demo/csp.html");
-/// The demo page's script for the CSP-friendly page.
-const DEMO_JS: &str = include_str!("../../static/demo/demo.js");
 
 /// Everything standalone mode needs to start.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The compiled allowlist.
-    pub allowlist: Allowlist,
-    /// Push limits.
-    pub limits: Limits,
-    /// Origins allowed to push.
-    pub cors: Cors,
+    /// The ingest's settings: allowlist, limits, origins, rate limit.
+    pub app: pum_shared::app::Settings,
     /// The embedded store's directory.
     pub data_dir: PathBuf,
     /// Interval between `fsync`s of the store's log.
@@ -64,8 +45,6 @@ pub struct Settings {
     pub metrics_token: Option<String>,
     /// Timeouts and connection bounds of the listeners.
     pub http: HttpLimits,
-    /// Per-client rate limit of pushes.
-    pub rate_limit: RateLimit,
     /// Header whose last address names the client (behind a trusted proxy); else the peer's
     /// address does.
     pub client_ip_header: Option<HeaderName>,
@@ -117,137 +96,76 @@ pub fn load_allowlist(path: Option<&Path>, browser_pack: bool) -> anyhow::Result
     )?)
 }
 
-/// Shared state of the standalone apps.
-pub struct Standalone {
-    ingest: Ingest,
-    cors: Cors,
-    store: Arc<EmbeddedStore>,
+/// A store, timed and counted in pum's own metrics (`pum_store_write_seconds`,
+/// `pum_store_errors_total{op="write"}`), with failures logged.
+pub struct Timed<S> {
+    store: Arc<S>,
     telemetry: SelfMetrics,
-    registry: Registry,
-    metrics_token: Option<String>,
-    body_timeout: Duration,
-    /// Permits are KiB of push body held in memory.
-    body_budget: Semaphore,
-    limiter: Mutex<RateLimiter>,
-    client_ip_header: Option<HeaderName>,
-    /// The rate limiter's clock.
-    epoch: Instant,
 }
 
-impl Totals for EmbeddedStore {
-    fn with_totals(&self, f: &mut dyn FnMut(&Aggregate)) -> bool {
-        EmbeddedStore::with_totals(self, |t| f(t)).is_ok()
+impl<S: Read + Send + Sync> Read for Timed<S> {
+    async fn read(&self) -> Result<Stored, StoreError> {
+        self.store.read().await
     }
 }
 
-impl Standalone {
-    /// Builds the state over an opened store.
-    pub fn new(settings: &Settings, store: Arc<EmbeddedStore>) -> anyhow::Result<Arc<Self>> {
-        let allowlist = Arc::new(settings.allowlist.clone());
-        let telemetry = SelfMetrics::new();
-        let registry = Registry::new();
-        telemetry.register(&registry)?;
-        registry.register(Box::new(AggregateCollector::new(
-            Arc::clone(&allowlist),
-            Arc::clone(&store) as Arc<dyn Totals>,
-            telemetry.clone(),
-        )))?;
-        let budget_kib = BODY_BUDGET_BYTES.max(4 * settings.limits.max_body_bytes) / 1024;
-        Ok(Arc::new(Standalone {
-            ingest: Ingest::new(settings.allowlist.clone(), settings.limits.clone()),
-            cors: settings.cors.clone(),
-            store,
-            telemetry,
-            registry,
-            metrics_token: settings.metrics_token.clone(),
-            body_timeout: settings.http.body_timeout,
-            body_budget: Semaphore::new(budget_kib),
-            limiter: Mutex::new(RateLimiter::new(settings.rate_limit.clone())),
-            client_ip_header: settings.client_ip_header.clone(),
-            epoch: Instant::now(),
-        }))
-    }
-
-    /// Asks the rate limiter about the client of a push: its address from the trusted proxy
-    /// header when one is set (and parses), else the connection's peer.
-    fn rate_limit(&self, parts: &axum::http::request::Parts) -> Decision {
-        let from_header = self
-            .client_ip_header
-            .as_ref()
-            .and_then(|name| parts.headers.get(name))
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_client);
-        let client = from_header.or_else(|| server::peer().map(|p| p.ip()));
-        let (Some(client), Ok(mut limiter)) = (client, self.limiter.lock()) else {
-            return Decision::Allow;
-        };
-        limiter.check(client, self.epoch.elapsed().as_millis() as u64)
-    }
-
-    /// Stores the count of pushes refused by the rate limiter since the last call (refusals cost
-    /// no store write each; they are counted here, once a sync interval).
-    async fn store_rate_limited(&self) {
-        let n = self
-            .limiter
-            .lock()
-            .map(|mut l| l.take_refused())
-            .unwrap_or(0);
-        if n == 0 {
-            return;
-        }
-        let mut delta = Aggregate::new();
-        self.ingest
-            .count_refused(&mut delta, Reason::RateLimited, n);
-        if self.store.merge("", &delta).await.is_err()
-            && let Ok(mut l) = self.limiter.lock()
+impl Store for Timed<EmbeddedStore> {
+    async fn merge(&self, push: &Push<'_>) -> Result<Merged, StoreError> {
+        let timer = self.telemetry.store_write_seconds.start_timer();
+        let result = self.store.merge(push).await;
+        timer.observe_duration();
+        if let Err(e) = &result
+            && !matches!(e, StoreError::Overflow(_))
         {
-            l.return_refused(n);
+            self.failed_write(e);
+        }
+        result
+    }
+
+    async fn describe(&self, allowlist: &Allowlist) -> Result<(), StoreError> {
+        let result = self.store.describe(allowlist).await;
+        if let Err(e) = &result {
+            self.failed_write(e);
+        }
+        result
+    }
+
+    fn is_failed(&self) -> bool {
+        self.store.is_failed()
+    }
+}
+
+impl<S: Store> Timed<S> {
+    fn failed_write(&self, e: &StoreError) {
+        self.telemetry
+            .store_errors_total
+            .with_label_values(&["write"])
+            .inc();
+        // While the store is failed the sync loop reports it, once a tick, not once a push.
+        if self.store.is_failed() {
+            tracing::debug!(error = %e, "a push was refused: the store is failed");
+        } else {
+            tracing::error!(error = %e, "a push could not be stored");
         }
     }
 }
 
-/// The public app: `POST /record`, CORS, the client, the demo pages and `/healthz`.
-pub fn ingest_app(state: Arc<Standalone>) -> Router {
+/// What `/metrics` runs before each scrape (standalone reads its store; serve mode reads on a
+/// timer of its own and passes none).
+pub type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The public app: every request goes to the core, through standalone's adapter.
+pub fn ingest_app(ingest: Arc<Ingest<Timed<EmbeddedStore>>>) -> Router {
+    let handler =
+        move |request: axum::extract::Request| crate::ingest::handle(Arc::clone(&ingest), request);
+    // Pushes are matched by path, which axum does for less than it takes to reach a fallback.
     Router::new()
-        .route(
-            core_http::RECORD_PATH,
-            axum::routing::post(record)
-                .options(preflight)
-                .fallback(|| async {
-                    to_response(
-                        core_http::method_not_allowed("POST, OPTIONS"),
-                        core_http::Headers::new(),
-                    )
-                }),
-        )
-        .route("/healthz", get(ingest_healthz))
-        // The original aggregator's health check.
-        .route("/status", get(|| async { StatusCode::OK }))
-        .route(
-            core_http::CLIENT_PATH,
-            get(|headers: HeaderMap| async move { javascript(CLIENT_JS, &headers) }),
-        )
-        .route(
-            "/static/demo.js",
-            get(|headers: HeaderMap| async move { javascript(DEMO_JS, &headers) }),
-        )
-        .route("/", get(|| async { html(DEMO_HTML, None) }))
-        .route("/demo", get(|| async { html(DEMO_HTML, None) }))
-        .route(
-            "/demo/csp",
-            get(|| async {
-                html(
-                    DEMO_CSP_HTML,
-                    Some("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'"),
-                )
-            }),
-        )
-        .fallback(|| async { to_response(core_http::not_found(), core_http::Headers::new()) })
-        .with_state(state)
+        .route(core_http::RECORD_PATH, axum::routing::any(handler.clone()))
+        .fallback(handler)
 }
 
-/// The scrape app: `GET /metrics` (with the bearer token, if one is set).
-pub fn metrics_app(registry: Registry, token: Option<String>) -> Router {
+/// The scrape app: `GET /metrics` (with the bearer token, if one is set), after `refresh`.
+pub fn metrics_app(registry: Registry, token: Option<String>, refresh: Option<Refresh>) -> Router {
     let registry = Arc::new(registry);
     Router::new()
         .route(
@@ -255,14 +173,20 @@ pub fn metrics_app(registry: Registry, token: Option<String>) -> Router {
             get(move |headers: HeaderMap| {
                 let registry = Arc::clone(&registry);
                 let token = token.clone();
-                async move { scrape(registry, token.as_deref(), &headers).await }
+                let refresh = refresh.clone();
+                async move { scrape(registry, token.as_deref(), &headers, refresh).await }
             }),
         )
         .route("/healthz", get(healthz))
-        .fallback(|| async { to_response(core_http::not_found(), core_http::Headers::new()) })
+        .fallback(|| async { to_response(core_http::not_found()) })
 }
 
-async fn scrape(registry: Arc<Registry>, token: Option<&str>, headers: &HeaderMap) -> Response {
+async fn scrape(
+    registry: Arc<Registry>,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    refresh: Option<Refresh>,
+) -> Response {
     if let Some(token) = token {
         let given = headers
             .get(header::AUTHORIZATION)
@@ -272,8 +196,11 @@ async fn scrape(registry: Arc<Registry>, token: Option<&str>, headers: &HeaderMa
             let mut r =
                 core_http::Response::error(401, "unauthorized", "a valid bearer token is required");
             r.headers.push(("www-authenticate", "Bearer".into()));
-            return to_response(r, core_http::Headers::new());
+            return to_response(r);
         }
+    }
+    if let Some(refresh) = refresh {
+        refresh().await;
     }
     // Rendering 100k series takes tens of milliseconds: keep it off the async workers.
     let rendered = tokio::task::spawn_blocking(move || {
@@ -285,238 +212,16 @@ async fn scrape(registry: Arc<Registry>, token: Option<&str>, headers: &HeaderMa
     .await;
     match rendered {
         Ok(Ok(buf)) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response(),
-        _ => to_response(
-            core_http::Response::error(500, "render_failed", "the metrics could not be rendered"),
-            core_http::Headers::new(),
-        ),
+        _ => to_response(core_http::Response::error(
+            500,
+            "render_failed",
+            "the metrics could not be rendered",
+        )),
     }
 }
 
 async fn healthz() -> Response {
-    to_response(
-        core_http::Response::json(200, r#"{"status":"ok"}"#.into()),
-        core_http::Headers::new(),
-    )
-}
-
-/// The ingest's health: 503 while the store refuses pushes (its log could not be synced), so a
-/// load balancer or a readiness probe sends pushes elsewhere.
-async fn ingest_healthz(State(s): State<Arc<Standalone>>) -> Response {
-    if s.store.is_failed() {
-        return to_response(core_http::store_unavailable(), core_http::Headers::new());
-    }
-    healthz().await
-}
-
-fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-async fn record(State(s): State<Arc<Standalone>>, request: axum::extract::Request) -> Response {
-    // Taking the request apart (instead of extracting a HeaderMap, which clones every header)
-    // keeps the hot path free of copies.
-    let (parts, body) = request.into_parts();
-    let headers = &parts.headers;
-    let origin = header_str(headers, header::ORIGIN);
-    let cors = s.cors.headers(origin);
-    if let Decision::Limit { retry_after_secs } = s.rate_limit(&parts) {
-        return to_response(s.ingest.rate_limited(retry_after_secs), cors);
-    }
-    let max = s.ingest.limits().max_body_bytes;
-    let mut timed_out = false;
-    let outcome = if s.cors.allows(origin) {
-        let read = tokio::time::timeout(s.body_timeout, read_body(body, max, &s.body_budget)).await;
-        match read {
-            Ok(Ok((bytes, _held))) => s
-                .ingest
-                .push(header_str(headers, header::CONTENT_TYPE), &bytes),
-            Ok(Err(e)) => s.ingest.refuse_body(e),
-            Err(_) => {
-                timed_out = true;
-                s.ingest.refuse_body(BodyError::TimedOut)
-            }
-        }
-    } else {
-        s.ingest.refuse(
-            Reason::OriginNotAllowed,
-            "this origin may not push here; add it to --allowed-origins",
-        )
-    };
-    let mut response = store_and_answer(&s, outcome, cors).await;
-    if timed_out {
-        // The rest of the body may still be on its way: the connection cannot be reused.
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
-/// Reads at most `max` bytes of body. A larger body is still read (and dropped) up to
-/// `DRAIN_FACTOR * max`, so that the client gets its 413 instead of a reset connection; beyond
-/// that the connection is cut. What is kept counts against `budget` (KiB permits) until the
-/// returned permit is dropped: reading waits while the budget is spent.
-async fn read_body<'b>(
-    mut body: Body,
-    max: usize,
-    budget: &'b Semaphore,
-) -> Result<(Bytes, Option<SemaphorePermit<'b>>), BodyError> {
-    use axum::body::HttpBody;
-    use http_body_util::BodyExt;
-    const DRAIN_FACTOR: usize = 16;
-    // A body that arrives as one frame (a beacon read with its headers) is kept as it is; only a
-    // body in several frames is copied together, into a buffer sized from Content-Length.
-    let mut first: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
-    let mut total = 0usize;
-    let mut held: Option<SemaphorePermit<'b>> = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| BodyError::Unreadable)?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        total = total.saturating_add(data.len());
-        if total > max {
-            if total > max.saturating_mul(DRAIN_FACTOR) {
-                return Err(BodyError::TooLarge);
-            }
-            continue;
-        }
-        let kib = u32::try_from(data.len().div_ceil(1024)).unwrap_or(u32::MAX);
-        let permit = budget
-            .acquire_many(kib)
-            .await
-            .map_err(|_| BodyError::Unreadable)?;
-        match held.as_mut() {
-            Some(h) => h.merge(permit),
-            None => held = Some(permit),
-        }
-        if first.is_none() && joined.is_empty() {
-            first = Some(data);
-            continue;
-        }
-        if let Some(earlier) = first.take() {
-            let hint = usize::try_from(body.size_hint().lower()).unwrap_or(0);
-            joined.reserve((earlier.len() + data.len() + hint).min(max));
-            joined.extend_from_slice(&earlier);
-        }
-        joined.extend_from_slice(&data);
-    }
-    if total > max {
-        return Err(BodyError::TooLarge);
-    }
-    Ok((first.unwrap_or_else(|| Bytes::from(joined)), held))
-}
-
-async fn store_and_answer(
-    s: &Standalone,
-    outcome: PushOutcome,
-    cors: core_http::Headers,
-) -> Response {
-    let timer = s.telemetry.store_write_seconds.start_timer();
-    // A push that would overflow a total comes back as the core's refusal (merged in its place,
-    // so that it is counted), not as a store error.
-    let (outcome, stored) = store_push(&*s.store, &s.ingest, "", outcome).await;
-    timer.observe_duration();
-    match stored {
-        Ok(()) => to_response(
-            core_http::Response::json(outcome.status, outcome.body),
-            cors,
-        ),
-        Err(e) => {
-            s.telemetry
-                .store_errors_total
-                .with_label_values(&["write"])
-                .inc();
-            // While the store is failed the sync loop reports it, once a tick, not once a push.
-            if s.store.is_failed() {
-                tracing::debug!(error = %e, "a push was refused: the store is failed");
-            } else {
-                tracing::error!(error = %e, "a push could not be stored");
-            }
-            to_response(core_http::store_unavailable(), cors)
-        }
-    }
-}
-
-async fn preflight(State(s): State<Arc<Standalone>>, headers: HeaderMap) -> Response {
-    to_response(
-        s.cors.preflight(header_str(&headers, header::ORIGIN)),
-        core_http::Headers::new(),
-    )
-}
-
-/// Serves a script with a week's cache and an ETag, so browsers revalidate cheaply after that.
-fn javascript(body: &'static str, headers: &HeaderMap) -> Response {
-    let etag = format!("\"{:08x}\"", crc32fast::hash(body.as_bytes()));
-    let common = [
-        (
-            header::CACHE_CONTROL,
-            "public, max-age=604800, stale-while-revalidate=86400",
-        ),
-        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-    ];
-    if header_str(headers, header::IF_NONE_MATCH)
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
-    {
-        return (StatusCode::NOT_MODIFIED, common, [(header::ETAG, etag)]).into_response();
-    }
-    (
-        common,
-        [
-            (
-                header::CONTENT_TYPE,
-                "text/javascript; charset=utf-8".to_owned(),
-            ),
-            (header::ETAG, etag),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-fn html(body: &'static str, csp: Option<&'static str>) -> Response {
-    let mut r = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
-    if let Some(csp) = csp {
-        r.headers_mut().insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(csp),
-        );
-    }
-    r
-}
-
-/// Turns a core response and CORS headers into an axum response.
-pub fn to_response(r: core_http::Response, cors: core_http::Headers) -> Response {
-    let Ok(status) = StatusCode::from_u16(r.status) else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
-    let mut response = Response::new(Body::from(r.body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    for (k, v) in r.headers.into_iter().chain(cors) {
-        // The names pum sends on every answer are taken ready-made instead of parsed.
-        let name = match k {
-            "content-type" => header::CONTENT_TYPE,
-            "access-control-allow-origin" => header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            "vary" => header::VARY,
-            other => match HeaderName::from_bytes(other.as_bytes()) {
-                Ok(name) => name,
-                Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-            },
-        };
-        let value = match v {
-            Cow::Borrowed(v) => Ok(HeaderValue::from_static(v)),
-            Cow::Owned(v) => HeaderValue::try_from(v),
-        };
-        match value {
-            Ok(value) => {
-                headers.append(name, value);
-            }
-            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-        }
-    }
-    response
+    to_response(core_http::Response::json(200, r#"{"status":"ok"}"#.into()))
 }
 
 /// Runs standalone mode until `shutdown` resolves, then stops accepting, gives requests in
@@ -536,35 +241,63 @@ pub async fn run(
         "embedded store opened"
     );
     let store = Arc::new(store);
-    let state = Standalone::new(&settings, Arc::clone(&store))?;
+    let telemetry = SelfMetrics::new();
+    let registry = Registry::new();
+    telemetry.register(&registry)?;
+    let latest = Arc::new(Latest::new(Some(settings.app.ingest.allowlist().clone())));
+    registry.register(Box::new(AggregateCollector::new(
+        Arc::clone(&latest),
+        telemetry.clone(),
+    )))?;
+    let budget_kib = BODY_BUDGET_BYTES.max(4 * settings.app.ingest.limits().max_body_bytes) / 1024;
+    let timed = Timed {
+        store: Arc::clone(&store),
+        telemetry: telemetry.clone(),
+    };
+    let ingest = Arc::new(Ingest {
+        app: App::new(settings.app.clone(), timed),
+        client_ip_header: settings.client_ip_header.clone(),
+        body_timeout: settings.http.body_timeout,
+        body_budget: Semaphore::new(budget_kib),
+    });
+    let refresh: Refresh = {
+        let (store, latest, telemetry) =
+            (Arc::clone(&store), Arc::clone(&latest), telemetry.clone());
+        Arc::new(move || {
+            let (store, latest, telemetry) =
+                (Arc::clone(&store), Arc::clone(&latest), telemetry.clone());
+            Box::pin(async move { read_into(&*store, &latest, &telemetry).await })
+        })
+    };
     let stop = CancellationToken::new();
-
     let syncer = tokio::spawn(sync_loop(
-        Arc::clone(&state),
+        Arc::clone(&ingest),
+        Arc::clone(&store),
+        telemetry.clone(),
         settings.sync_interval,
         stop.clone(),
     ));
-    let ingest = tokio::spawn(server::serve(
+    let ingest_server = tokio::spawn(server::serve(
         ingest_listener,
-        ingest_app(Arc::clone(&state)),
+        ingest_app(Arc::clone(&ingest)),
         settings.http.clone(),
-        ConnectionMetrics::new(&state.telemetry, "ingest"),
+        ConnectionMetrics::new(&telemetry, "ingest"),
         stop.clone(),
     ));
     let metrics = tokio::spawn(server::serve(
         metrics_listener,
-        metrics_app(state.registry.clone(), state.metrics_token.clone()),
+        metrics_app(registry, settings.metrics_token.clone(), Some(refresh)),
         settings.http.for_metrics(),
-        ConnectionMetrics::new(&state.telemetry, "metrics"),
+        ConnectionMetrics::new(&telemetry, "metrics"),
         stop.clone(),
     ));
     shutdown.await;
     stop.cancel();
-    let (a, b) = tokio::join!(ingest, metrics);
+    let (a, b) = tokio::join!(ingest_server, metrics);
     a?;
     b?;
     let _ = syncer.await;
-    state.store_rate_limited().await;
+    ingest.app.store_rate_limited(now_ms()).await;
     let closing = Arc::clone(&store);
     tokio::task::spawn_blocking(move || closing.close()).await??;
     tracing::info!("stopped; the store is flushed");
@@ -573,7 +306,13 @@ pub async fn run(
 
 /// Every `interval`: fsyncs the log, and compacts it when it is large or when the store failed
 /// (a compaction that succeeds makes it durable again).
-async fn sync_loop(state: Arc<Standalone>, interval: Duration, stop: CancellationToken) {
+async fn sync_loop(
+    ingest: Arc<Ingest<Timed<EmbeddedStore>>>,
+    store: Arc<EmbeddedStore>,
+    telemetry: SelfMetrics,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -581,8 +320,9 @@ async fn sync_loop(state: Arc<Standalone>, interval: Duration, stop: Cancellatio
             _ = tick.tick() => {}
             () = stop.cancelled() => break,
         }
-        state.store_rate_limited().await;
-        let s = Arc::clone(&state.store);
+        // Rate limited pushes are counted with the next push; with none, they are stored here.
+        ingest.app.store_rate_limited(now_ms()).await;
+        let s = Arc::clone(&store);
         let result = tokio::task::spawn_blocking(move || {
             if !s.is_failed() {
                 s.sync()?;
@@ -590,7 +330,7 @@ async fn sync_loop(state: Arc<Standalone>, interval: Duration, stop: Cancellatio
             if s.is_failed() || s.log_bytes() > COMPACT_AFTER_BYTES {
                 s.compact()?;
             }
-            Ok::<_, pum_shared::StoreError>(())
+            Ok::<_, StoreError>(())
         })
         .await;
         let error = match result {
@@ -598,8 +338,7 @@ async fn sync_loop(state: Arc<Standalone>, interval: Duration, stop: Cancellatio
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
-        state
-            .telemetry
+        telemetry
             .store_errors_total
             .with_label_values(&["write"])
             .inc();

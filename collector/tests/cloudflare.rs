@@ -1,6 +1,8 @@
 //! End-to-end tests of the Cloudflare Worker (edge/worker) under real local workerd: each test
 //! starts `wrangler dev` on its own ports with its state in a temporary `--persist-to`, pushes to
-//! it, and reads the totals back through `pum-collector serve --source cloudflare`.
+//! it, and reads the totals back through `pum-collector serve --source cloudflare`, which renders
+//! them from the allowlists the shards stored (no `--config`). The end-to-end suite every ingest
+//! passes (`pum-e2e`) runs here against `wrangler dev`, with a replay after `kill -9`.
 //!
 //! They need Node, the root package.json's tools and a built Worker, so `cargo test` alone skips
 //! them (`#[ignore]`); `edge/worker/test.sh` installs and builds what they need and runs them with
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Scrape, Server};
+use pum_e2e::Target;
 use pum_shared::corpus::{bad_pushes, demo_batch as batch, demo_totals as expected_totals};
 use serde_json::{Value, json};
 
@@ -76,9 +79,9 @@ impl Worker {
                 "--log-level",
                 "warn",
             ])
-            .args(["--var", &format!("EXPORT_TOKEN:{TOKEN}")])
+            .args(["--var", &format!("PUM_EXPORT_TOKEN:{TOKEN}")])
             // Fold every second (the fastest), so that totals arrive quickly.
-            .args(["--var", "FOLD_SECONDS:1"]);
+            .args(["--var", "PUM_FOLD_SECONDS:1"]);
         for (k, v) in vars {
             cmd.args(["--var", &format!("{k}:{v}")]);
         }
@@ -167,7 +170,7 @@ impl Collector {
         Collector::start_with(worker, &[])
     }
 
-    /// With extra flags (e.g. the allowlist the Worker was given).
+    /// With extra flags.
     fn start_with(worker: &Worker, extra: &[&str]) -> Collector {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pum-collector"))
             .args(["serve", "--source", "cloudflare", "--url", &worker.url])
@@ -296,6 +299,16 @@ async fn push_concurrently(url: &str, batches: &[Value], connections: usize) {
     }
 }
 
+/// A counter of `/export/shards`, summed over the shards.
+fn sum_over_shards(stats: &Value, counter: &str) -> u64 {
+    stats["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .filter_map(|s| s["stats"][counter].as_u64())
+        .sum()
+}
+
 async fn stats(client: &reqwest::Client, worker: &Worker) -> Value {
     client
         .get(format!("{}/export/shards", worker.url))
@@ -306,6 +319,89 @@ async fn stats(client: &reqwest::Client, worker: &Worker) -> Value {
         .json()
         .await
         .expect("stats JSON")
+}
+
+/// The Worker as the end-to-end suite needs it (the example allowlist, any origin, no rate
+/// limit), with a collector showing its totals.
+fn e2e_target(state: &Path) -> (Worker, Collector, Target) {
+    let worker = Worker::start(state, &[("PUM_RATE_LIMIT", "0")]);
+    let collector = Collector::start(&worker);
+    let target = Target::new(
+        "wrangler dev",
+        &worker.url,
+        &collector.metrics,
+        Duration::from_secs(60),
+    );
+    (worker, collector, target)
+}
+
+/// Waits until the Worker has folded everything it took and the collector shows all of it (the
+/// pushes it counts stop moving): each step of the end-to-end suite measures from a quiet start,
+/// while the edge shows a push only after a fold, a KV write and a refresh.
+async fn settle(worker: &Worker, target: &Target) {
+    let c = client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = stats(&c, worker).await;
+        let pending: Option<u64> = stats["shards"]
+            .as_array()
+            .map(|shards| shards.iter().filter_map(|s| s["pending"].as_u64()).sum());
+        if pending == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never folded: {stats}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let pushes = |scrape: BTreeMap<String, f64>| -> Vec<(String, f64)> {
+        scrape
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("pum_pushes_total"))
+            .collect()
+    };
+    let mut last = pushes(target.scrape().await);
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let now = pushes(target.scrape().await);
+        if now == last {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the totals keep moving: {now:?}");
+        last = now;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs wrangler and a built Worker: run edge/worker/test.sh"]
+async fn the_worker_passes_the_end_to_end_suite_and_a_replay_after_kill_9_counts_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (worker, collector, target) = e2e_target(&state);
+    // The core's answers; exact counts; a batch sent twice in sequence and 8 times at once,
+    // counted once: the suite every ingest passes.
+    settle(&worker, &target).await;
+    pum_e2e::run(&target).await;
+    settle(&worker, &target).await;
+    let mut running = Some((worker, collector));
+    let target = pum_e2e::replay_after_restart_counts_once(target, |_| {
+        let (mut worker, collector) = running.take().expect("the Worker runs");
+        // kill -9 of wrangler and workerd: the batch exists only as a pending row.
+        worker.kill();
+        drop(collector);
+        let (worker, collector, target) = e2e_target(&state);
+        running = Some((worker, collector));
+        std::future::ready(target)
+    })
+    .await;
+    // What the shards wrote: one row per push stored, none for a replay.
+    let (worker, _collector) = running.take().expect("the Worker runs");
+    settle(&worker, &target).await;
+    let stats = stats(&client(), &worker).await;
+    for s in stats["shards"].as_array().expect("shards") {
+        let st = &s["stats"];
+        assert_eq!(st["rows_written_by_pushes"], st["pushes"], "{stats}");
+    }
+    let replays = sum_over_shards(&stats, "replays");
+    assert_eq!(replays, 1, "the replay after the restart: {stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -481,10 +577,10 @@ async fn export_token_cors_country_and_assets() {
     let worker = Worker::start(
         &dir.path().join("state"),
         &[
-            ("ALLOWLIST_JSON", allowlist),
-            ("BROWSER_PACK", "false"),
-            ("ALLOWED_ORIGINS", "https://shop.example"),
-            ("SHARDS", "2"),
+            ("PUM_ALLOWLIST_JSON", allowlist),
+            ("PUM_BROWSER_PACK", "false"),
+            ("PUM_ALLOWED_ORIGINS", "https://shop.example"),
+            ("PUM_SHARDS", "2"),
         ],
     );
     let c = client();
@@ -514,6 +610,14 @@ async fn export_token_cors_country_and_assets() {
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.expect("JSON");
     assert_eq!(body["v"], 1);
+    let resp = c
+        .post(&export)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("POST export");
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, HEAD");
 
     // A collector with a wrong token stops at start-up, naming the problem.
     let out = Command::new(env!("CARGO_BIN_EXE_pum-collector"))
@@ -568,11 +672,56 @@ async fn export_token_cors_country_and_assets() {
     let (status, body) = push(&c, &worker.record_url(), &spoofed, "application/json").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["rejected"][0]["reason"], "unknown_label");
-    // The collector renders with the allowlist the Worker validates with.
-    let config = dir.path().join("allowlist.json");
-    std::fs::write(&config, allowlist).expect("allowlist file");
-    let config = config.to_str().expect("utf-8 path");
-    let collector = Collector::start_with(&worker, &["--config", config, "--no-browser-pack"]);
+    // A batch id that is not one is refused before the body is read.
+    let resp = c
+        .post(format!("{}?batch=short!", worker.record_url()))
+        .header("origin", "https://shop.example")
+        .body(sample.to_string())
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["error"], "invalid_batch_id", "{body}");
+
+    // The shards store the allowlist the Worker validates with, and the export carries it: the
+    // custom metric, with its help and labels, and no browser pack.
+    let exported = || async {
+        let resp = c
+            .get(&export)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("export");
+        resp.json::<Value>().await.expect("JSON")
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let lists = loop {
+        let doc = exported().await;
+        let lists = doc["allowlists"].as_array().cloned().unwrap_or_default();
+        if !lists.is_empty() {
+            break lists;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no allowlist in the export: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(lists.len(), 1, "{lists:?}");
+    let metrics = lists[0]["metrics"].as_array().expect("metrics");
+    let checkout = metrics
+        .iter()
+        .find(|m| m["name"] == "checkout_total")
+        .unwrap_or_else(|| panic!("checkout_total is not in {lists:?}"));
+    assert_eq!(checkout["help"], "Checkouts.");
+    assert_eq!(checkout["labels"][0]["allowedValues"], json!(["DE", "US"]));
+    assert!(
+        !metrics.iter().any(|m| m["name"] == "browser_lcp_seconds"),
+        "{lists:?}"
+    );
+    // So the collector renders the Worker's metrics with no copy of the allowlist.
+    let collector = Collector::start(&worker);
     let scrape = collector
         .scrape_until(&c, |s| {
             s.get("checkout_total{country=\"US\"}") >= 2.0
@@ -583,6 +732,11 @@ async fn export_token_cors_country_and_assets() {
     assert_eq!(
         scrape.get("pum_pushes_rejected_total{reason=\"origin_not_allowed\"}"),
         1.0
+    );
+    assert!(
+        scrape.text.contains("# HELP checkout_total Checkouts."),
+        "{}",
+        scrape.text
     );
 
     // Routes: health, the original's /status, unknown paths and methods.
@@ -669,7 +823,7 @@ async fn one_address_is_rate_limited_while_another_is_not() {
     // the test could take.
     let worker = Worker::start(
         &dir.path().join("state"),
-        &[("RATE_LIMIT", "0.001"), ("RATE_BURST", "3")],
+        &[("PUM_RATE_LIMIT", "0.001"), ("PUM_RATE_BURST", "3")],
     );
     let (a, b) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
     let batches: Vec<Value> = (0..4).map(batch).collect();
@@ -719,12 +873,7 @@ async fn one_address_is_rate_limited_while_another_is_not() {
     assert_eq!(scrape.get("metrics_aggregator_record_total"), 4.0);
     // The refusals cost no Durable Object request: the shards took the 4 pushes stored.
     let stats = stats(&c, &worker).await;
-    let pushes: u64 = stats["shards"]
-        .as_array()
-        .expect("shards")
-        .iter()
-        .filter_map(|s| s["stats"]["pushes"].as_u64())
-        .sum();
+    let pushes = sum_over_shards(&stats, "pushes");
     assert_eq!(pushes, 4, "{stats}");
 }
 

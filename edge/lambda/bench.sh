@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Latency and DynamoDB writes per push of fixtures/beacon.json through `cargo lambda watch`, over
-# loopback against the local DynamoDB-compatible server, one push at a time, N pushes (default
-# 200), with two baselines from the same run (the path without the store, the store without the
-# path). Needs what edge/lambda/test.sh installs. Usage: edge/lambda/bench.sh [N]
+# Latency, DynamoDB requests and write units per push of fixtures/beacon.json, each push a new
+# batch, through `cargo lambda watch` over loopback against DynamoDB Local, one push at a time, N
+# pushes (default 200), with a baseline from the same run (the path without the store). Needs
+# what edge/lambda/test.sh installs. Usage: edge/lambda/bench.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-200}

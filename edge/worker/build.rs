@@ -4,7 +4,7 @@
 //! the Worker runs, so a bad config fails the build, and so `wrangler deploy`, with an error that
 //! names the file, the metric and the field.
 //!
-//! Without `PUM_ALLOWLIST` the Worker runs on `ALLOWLIST_JSON` or the example allowlist.
+//! Without `PUM_ALLOWLIST` the Worker runs on `PUM_ALLOWLIST_JSON` or the example allowlist.
 
 use std::path::{Path, PathBuf};
 

@@ -8,6 +8,8 @@
 //!   as a store does for every push.
 //! - `snapshot/encode_10k`, `snapshot/decode_10k`: the snapshot JSON of those 10k series, as the
 //!   stores write it and the collector reads it.
+//! - `record/encode_beacon`, `record/decode_beacon`: the beacon's delta as a delta record (with a
+//!   22-character batch id), as the ingest writes it for every push and a store's fold reads it.
 //!
 //! `cargo bench -p pum-shared --bench core` (add `-- --quick` for a smoke run). Benchmarks
 //! measure; no test asserts a time.
@@ -16,6 +18,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput};
 use pum_shared::aggregate::to_micros;
+use pum_shared::record;
 use pum_shared::{Aggregate, Allowlist, Ingest, Limits, SeriesKey, SeriesValue};
 
 /// The realistic beacon, shared with the tests, the fuzz seeds and the load benchmark.
@@ -143,6 +146,40 @@ fn snapshot(c: &mut Criterion) {
     group.finish();
 }
 
+fn record(c: &mut Criterion) {
+    let ingest = ingest();
+    let delta = ingest
+        .push(Some("text/plain;charset=UTF-8"), BEACON.as_bytes())
+        .delta;
+    let list = ingest.allowlist();
+    let batch = Some("Vq3xY0-Jk_w2Lm9PqRs1Ab");
+    let at_secs = 1_751_000_000;
+    let mut bytes = Vec::new();
+    record::encode(list, batch, at_secs, &delta, &mut bytes).expect("the beacon encodes");
+    assert_eq!(
+        record::decode(&bytes, list).map(|r| r.delta),
+        Ok(delta.clone()),
+        "the record round-trips"
+    );
+
+    let mut group = c.benchmark_group("record");
+    group.throughput(Throughput::Bytes(bytes.len() as u64));
+    // Into one buffer, cleared each time: the allocation is the caller's to reuse.
+    let mut out = Vec::with_capacity(2 * bytes.len());
+    group.bench_function("encode_beacon", |b| {
+        b.iter(|| {
+            out.clear();
+            record::encode(list, batch, at_secs, black_box(&delta), &mut out)
+                .expect("the beacon encodes");
+            out.len()
+        })
+    });
+    group.bench_function("decode_beacon", |b| {
+        b.iter(|| record::decode(black_box(&bytes), list).expect("the record decodes"))
+    });
+    group.finish();
+}
+
 // What `criterion_group!` and `criterion_main!` expand to, written out: the macro's generated
 // `pub fn` would trip the workspace's `missing_docs` lint.
 fn main() {
@@ -150,5 +187,6 @@ fn main() {
     push(&mut c);
     merge(&mut c);
     snapshot(&mut c);
+    record(&mut c);
     c.final_summary();
 }

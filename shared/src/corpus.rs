@@ -25,6 +25,48 @@ pub struct Case {
     pub rejected: Vec<String>,
 }
 
+impl Case {
+    /// Checks an answer (status and JSON body) against the case: the status, the `error` code
+    /// and the reasons of the rejected samples, in order. The error says what differs.
+    pub fn check(&self, status: u16, body: &str) -> Result<(), String> {
+        let name = &self.name;
+        let json: Value = serde_json::from_str(body)
+            .map_err(|e| format!("{name}: the answer is not JSON ({e}): {body}"))?;
+        if status != self.status {
+            return Err(format!(
+                "{name}: status {status}, want {}: {body}",
+                self.status
+            ));
+        }
+        let error = json.get("error").and_then(Value::as_str);
+        if error != self.error.as_deref() {
+            return Err(format!(
+                "{name}: error {error:?}, want {:?}: {body}",
+                self.error
+            ));
+        }
+        let reasons: Vec<&str> = json
+            .get("rejected")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|r| r["reason"].as_str()).collect())
+            .unwrap_or_default();
+        if reasons != self.rejected {
+            return Err(format!(
+                "{name}: rejected {reasons:?}, want {:?}: {body}",
+                self.rejected
+            ));
+        }
+        let accepted = json.get("accepted").and_then(Value::as_u64).unwrap_or(0);
+        if accepted != self.accepted as u64 {
+            return Err(format!(
+                "{name}: accepted {accepted}, want {}: {body}",
+                self.accepted
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawCase {

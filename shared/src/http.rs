@@ -17,15 +17,15 @@ pub const RECORD_PATH: &str = "/record";
 /// Path the original snippet loads the client from.
 pub const CLIENT_PATH: &str = "/static/aggregatorClient.js";
 
-/// A platform-free HTTP response.
+/// A platform-free HTTP response: what every ingest answers, headers (CORS included) and all.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// Headers, besides CORS (added by the adapter from [`Cors::headers`]).
+    /// Headers.
     pub headers: Headers,
-    /// JSON body (empty for 204).
-    pub body: String,
+    /// The body (JSON for every answer but the assets'; empty for 204 and `HEAD`).
+    pub body: Cow<'static, str>,
 }
 
 impl Response {
@@ -34,7 +34,7 @@ impl Response {
         Response {
             status,
             headers: smallvec::smallvec![("content-type", "application/json".into())],
-            body,
+            body: body.into(),
         }
     }
 
@@ -129,7 +129,7 @@ impl Cors {
         Response {
             status: 204,
             headers,
-            body: String::new(),
+            body: Cow::Borrowed(""),
         }
     }
 }

@@ -12,7 +12,13 @@
 //! - [`own`]: pum's own metrics, declared once.
 //! - [`aggregate`]: exact, mergeable aggregates ([`aggregate::Aggregate`]), in fixed point so that
 //!   merging is commutative and associative, and their snapshot encoding.
-//! - [`http`]: routing, CORS and the responses every adapter returns, as plain data.
+//! - [`app`]: the ingest as one function of a request: every route and answer, once.
+//! - [`batch`]: batch ids, which make a retried push count once.
+//! - [`record`]: the compact, versioned binary delta record of one validated push (allowlist
+//!   fingerprint, series by stable index, fixed-point values, batch id), which every store appends
+//!   and folds.
+//! - [`http`]: CORS and the responses every adapter returns, as plain data.
+//! - [`settings`]: one vocabulary of settings (`PUM_*`) for every ingest.
 //! - [`ratelimit`]: per-client token buckets in bounded memory, asked before a push is read.
 //! - [`store`]: the [`store::Store`] port that the embedded, Durable Object and DynamoDB stores
 //!   implement, and (feature `conformance`) the one test suite they all pass.
@@ -22,12 +28,16 @@
 
 pub mod aggregate;
 pub mod allowlist;
+pub mod app;
+pub mod batch;
 pub mod http;
 pub mod ingest;
 pub mod limits;
 pub mod own;
 pub mod ratelimit;
 pub mod reason;
+pub mod record;
+pub mod settings;
 pub mod store;
 
 #[cfg(feature = "conformance")]
@@ -41,7 +51,7 @@ pub use ingest::{BodyError, Ingest, PushOutcome};
 pub use limits::Limits;
 pub use ratelimit::{Decision, RateLimit, RateLimiter};
 pub use reason::Reason;
-pub use store::{Store, StoreError};
+pub use store::{Merged, Push, Read, Store, StoreError, Stored};
 
 /// `Send` on native targets and nothing on wasm, where Worker futures and JS handles are not
 /// `Send`. This alias is the only place the core distinguishes the targets.

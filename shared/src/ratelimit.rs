@@ -278,6 +278,11 @@ impl RateLimiter {
         std::mem::take(&mut self.refused)
     }
 
+    /// Refusals made and not taken yet.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
     /// Gives back refusals taken by [`RateLimiter::take_refused`] whose delta could not be
     /// stored, so that the next delta counts them.
     pub fn return_refused(&mut self, n: u64) {

@@ -45,6 +45,7 @@ reasons! {
     TooManySamples = "too_many_samples", true, 413, "The array holds more samples than the limit.";
     UnsupportedMediaType = "unsupported_media_type", true, 415, "The Content-Type is neither application/json nor text/plain.";
     OriginNotAllowed = "origin_not_allowed", true, 403, "The request's Origin is not in the origin allowlist.";
+    InvalidBatchId = "invalid_batch_id", true, 400, "The batch parameter of the URL is not 16 to 64 characters of A-Za-z0-9_-.";
     RateLimited = "rate_limited", true, 429, "The client sent more pushes than the edge's rate limit allows.";
     NoValidSamples = "no_valid_samples", true, 400, "Every sample was rejected; each is listed with its reason.";
     TotalOverflow = "total_overflow", true, 422, "Adding the push would take a stored total past what pum holds exactly; nothing of it was recorded.";

@@ -88,18 +88,20 @@ export function createClient(o) {
   };
 
   // POST with fetch keepalive; a network error, 429 or 5xx is retried once,
-  // after Retry-After seconds (at most 60) or 1 s.
-  const post = (body, retry) => {
+  // after Retry-After seconds (at most 60) or 1 s, to the same URL: the same
+  // batch id, so that the ingest counts the batch once even if the first
+  // attempt was stored and only its answer lost.
+  const post = (u, body, retry) => {
     const again = safe(
       (r) =>
         retry &&
         setTimeout(
-          () => post(body, 0),
+          () => post(u, body, 0),
           Math.min(+(r && r.headers.get('Retry-After')) || 1, 60) * 1e3,
         ),
     );
     try {
-      fetch(url, {
+      fetch(u, {
         method: 'POST',
         body,
         keepalive: true,
@@ -114,15 +116,21 @@ export function createClient(o) {
   const flush = () => {
     if (!entries.length) return;
     const body = JSON.stringify(entries.map((e) => e.s));
+    // Each batch is named by a random 128-bit id (POST /record?batch=ID), which
+    // every send of it reuses: the ingest applies an id once.
+    const u =
+      url +
+      '?batch=' +
+      crypto.getRandomValues(new Uint8Array(16)).reduce((s, x) => s + (x | 256).toString(16).slice(1), '');
     entries = [];
     open = {};
     bytes = 2;
     let queued;
     try {
       // A string body goes out as text/plain;charset=UTF-8: no CORS preflight.
-      queued = navigator.sendBeacon(url, body);
+      queued = navigator.sendBeacon(u, body);
     } catch (e) {}
-    if (!queued) post(body, 1);
+    if (!queued) post(u, body, 1);
   };
 
   // Changes endpoint and flush interval after creation (the `init` command).

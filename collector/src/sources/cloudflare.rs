@@ -1,22 +1,23 @@
 //! `serve --source cloudflare`: reads the Cloudflare Worker's `GET /export` (edge/worker).
 //!
-//! The Worker answers with every shard's cumulative snapshot, as its Durable Objects last wrote
-//! them to Workers KV:
+//! The Worker answers with every shard's cumulative snapshot, as its Durable Objects last
+//! published them to Workers KV, and the allowlists they were validated against:
 //!
 //! ```json
-//! {"v":1,"shards":[{"shard":"shard/0","snapshot":{"v":1,"series":[...]}}, ...]}
+//! {"v":1,"allowlists":[<description>, ...],"shards":[{"shard":"shard/0","snapshot":{"v":1,"series":[...]}}, ...]}
 //! ```
 //!
-//! Each snapshot is `pum-shared`'s portable format. Serve mode folds each shard into what it saw
-//! before with `merge_max`, so a stale KV read never makes a counter go backwards.
+//! Each snapshot is `pum-shared`'s portable format, each allowlist its canonical description
+//! ([`pum_shared::Allowlist::description`]), so the collector needs no copy of the allowlist.
+//! Serve mode folds each shard into what it saw before with `merge_max`, so a stale KV read
+//! never makes a counter go backwards.
 
 use std::time::Duration;
 
 use pum_shared::aggregate::Snapshot;
-use pum_shared::{Aggregate, StoreError};
+use pum_shared::{Aggregate, Allowlist, StoreError, Stored};
 use serde::Deserialize;
-
-use crate::serve::Source;
+use serde_json::value::RawValue;
 
 /// Reads a Worker's export endpoint with its bearer token.
 #[derive(Debug, Clone)]
@@ -30,6 +31,9 @@ pub struct CloudflareSource {
 #[derive(Debug, Deserialize)]
 struct ExportDocument {
     v: u32,
+    /// Absent from the export of a Worker older than the allowlists in the store.
+    #[serde(default)]
+    allowlists: Vec<Box<RawValue>>,
     shards: Vec<ShardSnapshot>,
 }
 
@@ -50,7 +54,7 @@ impl CloudflareSource {
             );
         }
         if token.is_empty() {
-            anyhow::bail!("--token is empty: pass the Worker's EXPORT_TOKEN");
+            anyhow::bail!("--token is empty: pass the Worker's PUM_EXPORT_TOKEN");
         }
         let export_url = if url.ends_with("/export") {
             url.to_owned()
@@ -80,7 +84,7 @@ impl CloudflareSource {
     pub async fn check(&self) -> anyhow::Result<()> {
         match self.fetch().await {
             Err(Fetch::Refused(status)) => anyhow::bail!(
-                "{} answered {status}: the token was refused; pass the Worker's EXPORT_TOKEN as --token",
+                "{} answered {status}: the token was refused; pass the Worker's PUM_EXPORT_TOKEN as --token",
                 self.export_url
             ),
             Err(Fetch::NotFound) => anyhow::bail!(
@@ -95,7 +99,7 @@ impl CloudflareSource {
         }
     }
 
-    async fn fetch(&self) -> Result<Vec<(String, Aggregate)>, Fetch> {
+    async fn fetch(&self) -> Result<Stored, Fetch> {
         let resp = self
             .client
             .get(&self.export_url)
@@ -128,8 +132,8 @@ enum Fetch {
     Store(StoreError),
 }
 
-impl Source for CloudflareSource {
-    async fn read(&self) -> Result<Vec<(String, Aggregate)>, StoreError> {
+impl pum_shared::Read for CloudflareSource {
+    async fn read(&self) -> Result<Stored, StoreError> {
         self.fetch().await.map_err(|e| match e {
             Fetch::Store(e) => e,
             Fetch::Refused(status) => {
@@ -142,8 +146,8 @@ impl Source for CloudflareSource {
     }
 }
 
-/// Decodes the export document into per-shard totals.
-pub fn parse_export(text: &str) -> Result<Vec<(String, Aggregate)>, StoreError> {
+/// Decodes the export document into per-shard totals and the allowlists that describe them.
+pub fn parse_export(text: &str) -> Result<Stored, StoreError> {
     let doc: ExportDocument = serde_json::from_str(text)
         .map_err(|e| StoreError::Corrupt(format!("the export is not the expected JSON: {e}")))?;
     if doc.v != 1 {
@@ -152,14 +156,25 @@ pub fn parse_export(text: &str) -> Result<Vec<(String, Aggregate)>, StoreError> 
             doc.v
         )));
     }
-    doc.shards
+    let allowlists = doc
+        .allowlists
+        .iter()
+        .map(|d| {
+            Allowlist::from_description(d.get()).map_err(|e| {
+                StoreError::Corrupt(format!("an allowlist of the export does not compile: {e}"))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let shards = doc
+        .shards
         .into_iter()
         .map(|s| {
             Aggregate::try_from(s.snapshot)
                 .map(|agg| (s.shard.clone(), agg))
                 .map_err(|e| StoreError::Corrupt(format!("{}: {e}", s.shard)))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(Stored { allowlists, shards })
 }
 
 #[cfg(test)]
@@ -168,7 +183,7 @@ mod tests {
     use axum::Router;
     use axum::http::{HeaderMap, StatusCode};
     use axum::routing::get;
-    use pum_shared::{SeriesKey, SeriesValue};
+    use pum_shared::{Read, SeriesKey, SeriesValue};
 
     const DOC: &str = r#"{"v":1,"shards":[
         {"shard":"shard/0","snapshot":{"v":1,"series":[{"metric":"a_total","labels":{"k":"v"},"counter":"2500000"}]}},
@@ -176,7 +191,9 @@ mod tests {
 
     #[test]
     fn parses_the_workers_export() {
-        let shards = parse_export(DOC).expect("parses");
+        let stored = parse_export(DOC).expect("parses");
+        let shards = &stored.shards;
+        assert!(stored.allowlists.is_empty(), "an export without allowlists");
         assert_eq!(shards.len(), 2);
         assert_eq!(shards[0].0, "shard/0");
         assert_eq!(
@@ -198,6 +215,25 @@ mod tests {
             parse_export("<html>"),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn the_allowlists_of_the_export_are_compiled() {
+        let list = Allowlist::example();
+        let doc = format!(
+            r#"{{"v":1,"allowlists":[{}],"shards":[]}}"#,
+            list.description()
+        );
+        let stored = parse_export(&doc).expect("parses");
+        assert_eq!(stored.allowlists.len(), 1);
+        assert_eq!(stored.allowlists[0].fingerprint(), list.fingerprint());
+        assert!(
+            stored.allowlists[0]
+                .get("demo_feature_usage_total")
+                .is_some()
+        );
+        let bad = r#"{"v":1,"allowlists":[{"allowedMetrics":"no"}],"shards":[]}"#;
+        assert!(matches!(parse_export(bad), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
@@ -238,7 +274,7 @@ mod tests {
 
         let good = CloudflareSource::new(&base, "right").expect("source");
         good.check().await.expect("the right token passes");
-        assert_eq!(good.read().await.expect("reads").len(), 2);
+        assert_eq!(good.read().await.expect("reads").shards.len(), 2);
 
         let bad = CloudflareSource::new(&base, "wrong").expect("source");
         let e = bad

@@ -1,17 +1,16 @@
 //! `serve --source dynamodb`: reads the table the Lambda ingest writes (see `pum-dynamodb`).
 //!
-//! Each refresh scans the aggregates table page by page and returns the totals of each
-//! `{region}#{shard}`; serve mode folds each shard with `merge_max`, so eventually consistent
+//! Each refresh scans the aggregates table page by page ([`DynamoStore`]'s read port): the
+//! allowlists the ingests stored (so the collector needs no `--config`) and the totals of each
+//! `{region}#{shard}`. Serve mode folds each shard with `merge_max`, so eventually consistent
 //! reads (half the read units of strongly consistent ones) never make a counter go backwards.
-//! Read latency and errors are counted by serve mode around [`Source::read`]
-//! (`pum_store_read_seconds`, `pum_store_errors_total{op="read"}`).
+//! The batches table, one item per push, is never read. Read latency and errors are counted by
+//! serve mode around [`Read::read`] (`pum_store_read_seconds`, `pum_store_errors_total{op="read"}`).
 //!
-//! IAM: the collector needs `dynamodb:Scan` on the table and nothing else.
+//! IAM: the collector needs `dynamodb:Scan` on the aggregates table and nothing else.
 
 use pum_dynamodb::{DynamoStore, Settings};
-use pum_shared::{Aggregate, StoreError};
-
-use crate::serve::Source;
+use pum_shared::{Read, StoreError, Stored};
 
 /// The DynamoDB tables of a Lambda deployment, read-only.
 pub struct DynamoDbSource {
@@ -40,8 +39,8 @@ impl DynamoDbSource {
     }
 }
 
-impl Source for DynamoDbSource {
-    async fn read(&self) -> Result<Vec<(String, Aggregate)>, StoreError> {
-        self.store.read_shards().await
+impl Read for DynamoDbSource {
+    async fn read(&self) -> Result<Stored, StoreError> {
+        self.store.read().await
     }
 }

@@ -1,8 +1,8 @@
 //! The `pum-lambda` bootstrap: reads the configuration once per cold start and serves events.
 //!
-//! Environment (besides what [`pum_lambda::Config::from_env`] reads):
+//! Environment, besides the settings every ingest shares ([`pum_lambda::settings`]):
 //!
-//! - `PUM_TABLE` (required): the aggregates table; `PUM_BATCH_TABLE` the idempotency marker table
+//! - `PUM_TABLE` (required): the aggregates table; `PUM_BATCH_TABLE` the batches (dedupe) table
 //!   (default `{PUM_TABLE}-batches`).
 //! - `PUM_SHARDS`: shards per metric (default 16).
 //! - `AWS_REGION` (set by Lambda): the writer region, part of every key written.
@@ -14,7 +14,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use lambda_http::{Request, service_fn};
 use pum_dynamodb::{DynamoStore, Settings};
-use pum_lambda::{App, Config, handle};
+use pum_lambda::handle;
+use pum_shared::app::App;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -36,7 +37,7 @@ async fn main() -> Result<(), lambda_http::Error> {
 
 async fn init() -> anyhow::Result<App<DynamoStore>> {
     let var = |name: &str| std::env::var(name).ok();
-    let config = Config::from_env(var).context("the configuration")?;
+    let config = pum_lambda::settings(var).map_err(anyhow::Error::msg)?;
     let table = var("PUM_TABLE").context("PUM_TABLE must name the aggregates table")?;
     let endpoint = var("PUM_DYNAMODB_ENDPOINT").filter(|s| !s.is_empty());
     let sdk = pum_dynamodb::sdk_config(None, endpoint.as_deref()).await;
@@ -61,7 +62,7 @@ async fn init() -> anyhow::Result<App<DynamoStore>> {
         batch_table = %settings.batch_table,
         region = %settings.region,
         shards = settings.shards,
-        metrics = config.allowlist.len(),
+        metrics = config.ingest.allowlist().len(),
         rate_limit = config.rate_limit.per_second,
         rate_burst = config.rate_limit.burst,
         "pum-lambda ready"

@@ -1,46 +1,66 @@
 //! End to end through `cargo lambda watch` (a local Lambda runtime that turns
-//! `/lambda-url/pum-lambda/...` into Function URL events), against a local DynamoDB-compatible
-//! server, read back by the real `pum-collector serve --source dynamodb`. Everything on
-//! 127.0.0.1, free ports, started and stopped here.
+//! `/lambda-url/pum-lambda/...` into Function URL events), against DynamoDB Local, read back by
+//! the real `pum-collector serve --source dynamodb`, given no `--config`, and through the store's
+//! read port. Everything on 127.0.0.1, free ports, started and stopped here.
 //!
-//! Scenarios run in order against one deployment and report `N passed, N failed`:
-//! seed-format pushes appear exactly on /metrics; hundreds of concurrent pushes are all counted;
-//! the bad-push corpus gets standalone's answers; a store that stops answering gives a 503 with
-//! `Retry-After` and, once it is back, the retried push counts once. Then a second deployment
-//! with a low rate limit: one client gets 429 with `Retry-After` while another is accepted, and
-//! the refusals are counted without a write of their own.
+//! Scenarios run in order and report `N passed, N failed`. On a deployment with the settings
+//! every ingest is checked with (the example allowlist, any origin, no rate limit):
 //!
-//! `cargo lambda watch` gives every Function URL request the source address 127.0.0.1, so the
-//! rate limit scenario sends its second client through the Lambda Invoke API that watch also
-//! serves (`/2015-03-31/functions/pum-lambda/invocations`), with a recorded Function URL event
-//! whose `requestContext.http.sourceIp` names that client: what the URL would hand the function
-//! for a request from there.
+//! - the end-to-end suite every ingest passes (`pum-e2e`): every route and the bad-push corpus
+//!   answered as the core answers, concurrent pushes counted exactly on `/metrics`, a batch
+//!   (`?batch=ID`) sent twice in sequence and eight times at once counted once, a bad batch id
+//!   answered 400 `invalid_batch_id`; and a batch sent again after the function was killed and
+//!   started again (a new execution environment) counted once;
+//! - a store that stops answering gives a 503 with `Retry-After`; once it is back (restarted
+//!   from its files), the client's retry of that batch, and a batch applied before the kill, sent
+//!   again, each count once.
+//!
+//! Then a second deployment with a custom `PUM_ALLOWLIST_JSON` and a low rate limit: the
+//! allowlist is stored in the table and the collector renders the user's metric from it; one
+//! client gets 429 with `Retry-After` while another is accepted, and the refusals are counted
+//! without a write of their own.
+//!
+//! `cargo lambda watch` answers a body that is not UTF-8 with its own 500 before the function
+//! runs (a Function URL passes such a body base64-encoded; `tests/handler.rs` feeds exactly that
+//! event), so those requests of the suite's route table are not sent here. It also gives every
+//! Function URL request the source address 127.0.0.1, so the rate limit scenario sends its second
+//! client through the Lambda Invoke API that watch also serves
+//! (`/2015-03-31/functions/pum-lambda/invocations`), with a recorded Function URL event whose
+//! `requestContext.http.sourceIp` names that client: what the URL would hand the function for a
+//! request from there.
 //!
 //! `cargo test -p pum-lambda --test e2e -- --bench N` instead pushes `fixtures/beacon.json` N
-//! times, one at a time, and prints latency per push and DynamoDB writes per push.
+//! times, one at a time, each as a new batch, and prints latency, DynamoDB requests and write
+//! units per push.
 //!
-//! Needs `cargo lambda` (pip install cargo-lambda), python3 with `moto[server]`, and a built
-//! `pum-collector` (`PUM_COLLECTOR_BIN`, default `target/debug/pum-collector`). `edge/lambda/test.sh`
-//! provides all three.
+//! Needs `cargo lambda` (pip install cargo-lambda), DynamoDB Local (Java 17, `npm ci` in
+//! `stores/dynamodb/testing`), and a built `pum-collector` (`PUM_COLLECTOR_BIN`, default
+//! `target/debug/pum-collector`). `edge/lambda/test.sh` provides all three.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pum_dynamodb::DynamoStore;
 use pum_dynamodb::testing::{LocalDynamo, REGION};
-use pum_shared::corpus::{bad_pushes, demo_batch as batch, demo_totals as expected};
+use pum_e2e::{Expected, Target, series_of};
+use pum_shared::allowlist::EXAMPLE_ALLOWLIST;
+use pum_shared::corpus::{demo_batch as batch, demo_totals as expected};
+use pum_shared::{Allowlist, Read};
 use serde_json::{Value, json};
 
 const BEACON: &str = include_str!("../../../fixtures/beacon.json");
 /// A recorded Function URL push event (tests/handler.rs feeds it too).
 const FUNCTION_URL_EVENT: &str = include_str!("data/function-url-record-beacon.json");
-/// The rate limit of the second deployment: one token every 1000 s, three at once, so that a
-/// client has three pushes and then none for as long as the test could take.
-const LOW_RATE_LIMIT: &str = "PUM_RATE_LIMIT=0.001\nPUM_RATE_BURST=3\n";
+/// The user's own metric of the second deployment.
+const CUSTOM: &str = r#"{"allowedMetrics":[{"name":"shop_checkout_total","help":"Checkouts by step.","type":"counter","labels":[{"name":"step","allowedValues":["cart","paid"]}]}]}"#;
 const FUNCTION: &str = "pum-lambda";
+/// How long a push may take to show on the collector's `/metrics` (it reads every 200 ms).
+const SETTLE: Duration = Duration::from_secs(15);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -93,45 +113,40 @@ fn watch_log() -> PathBuf {
     workspace_root().join("target/pum-lambda-watch.log")
 }
 
-/// The local deployment: table, Lambda under `cargo lambda watch`, collector.
+/// A batch id for the `n`th batch of a scenario.
+fn batch_id(scenario: &str, n: usize) -> String {
+    format!("e2e-{scenario}-{n:08}")
+}
+
+/// The local deployment: tables, the Lambda under `cargo lambda watch`, and a reader of the
+/// tables.
 struct Deployment {
     dynamo: LocalDynamo,
-    table: String,
-    url: String,
-    /// The Lambda Invoke API of the function, as `cargo lambda watch` serves it.
-    invoke_url: String,
-    metrics: String,
-    _watch: Proc,
-    _collector: Proc,
+    /// The tables, read as the collector reads them (strongly consistent here).
+    reader: DynamoStore,
+    env_file: PathBuf,
+    concurrency: usize,
+    function: Function,
     _dir: tempfile::TempDir,
     client: reqwest::Client,
 }
 
-impl Deployment {
-    async fn start() -> Deployment {
-        Deployment::start_with("", 4).await
-    }
+/// The function under `cargo lambda watch`.
+struct Function {
+    url: String,
+    /// The Lambda Invoke API of the function, as `cargo lambda watch` serves it.
+    invoke_url: String,
+    _watch: Proc,
+}
 
-    /// With extra lines for the function's environment file and at most `concurrency` function
-    /// instances (execution environments).
-    async fn start_with(env: &str, concurrency: usize) -> Deployment {
-        let dynamo = LocalDynamo::start();
-        let store = dynamo.fresh_store("pum-e2e", |_| {}).await;
-        let table = store.settings().table.clone();
-        let batch_table = store.settings().batch_table.clone();
-        let dir = tempfile::tempdir().expect("tempdir");
-        // An env file rather than --env-var, which splits values on commas.
-        let env_file = dir.path().join("lambda.env");
-        std::fs::write(
-            &env_file,
-            format!(
-                "PUM_TABLE={table}\nPUM_BATCH_TABLE={batch_table}\nPUM_SHARDS=4\n\
-                 PUM_DYNAMODB_ENDPOINT={}\nAWS_REGION={REGION}\nAWS_ACCESS_KEY_ID=test\n\
-                 AWS_SECRET_ACCESS_KEY=test\nAWS_EC2_METADATA_DISABLED=true\nPUM_LOG=warn\n{env}",
-                dynamo.endpoint()
-            ),
-        )
-        .expect("env file");
+impl Function {
+    /// Starts `cargo lambda watch` with `env_file` and at most `concurrency` execution
+    /// environments; returns once the function answers.
+    async fn start(
+        env_file: &std::path::Path,
+        concurrency: usize,
+        client: &reqwest::Client,
+    ) -> Self {
         let port = free_port();
         let watch = Command::new("cargo")
             .current_dir(workspace_root())
@@ -145,19 +160,13 @@ impl Deployment {
             .args(["-A", "127.0.0.1", "-P", &port.to_string()])
             .args(["--concurrency", &concurrency.to_string(), "--timeout", "30"])
             .args(["-p", FUNCTION, "--bin", FUNCTION, "--env-file"])
-            .arg(&env_file)
+            .arg(env_file)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(watch_log()).expect("log file"))
             .spawn()
             .expect("cargo lambda watch starts (pip install cargo-lambda)");
         let watch = Proc(watch);
         let url = format!("http://127.0.0.1:{port}/lambda-url/{FUNCTION}");
-        let invoke_url =
-            format!("http://127.0.0.1:{port}/2015-03-31/functions/{FUNCTION}/invocations");
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("client");
         let deadline = Instant::now() + Duration::from_secs(900);
         loop {
             if let Ok(r) = client.get(format!("{url}/healthz")).send().await
@@ -171,50 +180,90 @@ impl Deployment {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let collector_bin = std::env::var("PUM_COLLECTOR_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| workspace_root().join("target/debug/pum-collector"));
-        let mut collector = Command::new(&collector_bin)
-            .args(["serve", "--source", "dynamodb", "--table", &table])
-            .args(["--region", REGION, "--endpoint-url", &dynamo.endpoint()])
-            .args(["--metrics-listen", "127.0.0.1:0", "--refresh", "200ms"])
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("PUM_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{} starts: {e}", collector_bin.display()));
-        let stdout = collector.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let metrics = loop {
-            let line = lines
-                .next()
-                .expect("the collector announces its address")
-                .expect("line");
-            if let Some(rest) = line.strip_prefix("pum: metrics listening on ") {
-                break rest.to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        Function {
+            url,
+            invoke_url: format!(
+                "http://127.0.0.1:{port}/2015-03-31/functions/{FUNCTION}/invocations"
+            ),
+            _watch: watch,
+        }
+    }
+}
+
+impl Deployment {
+    /// With extra lines for the function's environment file and at most `concurrency` function
+    /// instances (execution environments).
+    async fn start(env: &str, concurrency: usize) -> Deployment {
+        let dynamo = LocalDynamo::start();
+        let reader = dynamo.fresh_store("pum-e2e", |_| {}).await;
+        let settings = reader.settings();
+        let dir = tempfile::tempdir().expect("tempdir");
+        // An env file rather than --env-var, which splits values on commas.
+        let env_file = dir.path().join("lambda.env");
+        std::fs::write(
+            &env_file,
+            format!(
+                "PUM_TABLE={}\nPUM_BATCH_TABLE={}\nPUM_SHARDS=4\n\
+                 PUM_DYNAMODB_ENDPOINT={}\nAWS_REGION={REGION}\nAWS_ACCESS_KEY_ID=test\n\
+                 AWS_SECRET_ACCESS_KEY=test\nAWS_EC2_METADATA_DISABLED=true\nPUM_LOG=warn\n{env}",
+                settings.table,
+                settings.batch_table,
+                dynamo.endpoint()
+            ),
+        )
+        .expect("env file");
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        let function = Function::start(&env_file, concurrency, &client).await;
         Deployment {
             dynamo,
-            table,
-            url,
-            invoke_url,
-            metrics,
-            _watch: watch,
-            _collector: Proc(collector),
+            reader,
+            env_file,
+            concurrency,
+            function,
             _dir: dir,
             client,
         }
     }
 
-    async fn push(&self, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> Answer {
+    /// Kills `cargo lambda watch` and its function, and starts them again: a new execution
+    /// environment, with nothing of the last one's memory.
+    async fn restart_function(&mut self) {
+        let old = std::mem::replace(
+            &mut self.function,
+            Function::start(&self.env_file, self.concurrency, &self.client).await,
+        );
+        drop(old);
+    }
+
+    /// The deployment as the end-to-end suite sees it, with `/metrics` from `collector`.
+    fn target(&self, collector: &Collector) -> Target {
+        let mut t = Target::new(
+            "cargo lambda watch",
+            &self.function.url,
+            &collector.metrics,
+            SETTLE,
+        );
+        t.text_bodies_only = true;
+        t
+    }
+
+    /// Pushes `body` to `/record`, with `?{query}` if given.
+    async fn push(
+        &self,
+        query: Option<&str>,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Answer {
+        let url = match query {
+            Some(q) => format!("{}/record?{q}", self.function.url),
+            None => format!("{}/record", self.function.url),
+        };
         let mut req = self
             .client
-            .post(format!("{}/record", self.url))
+            .post(url)
             .header("origin", "https://shop.example")
             .body(body);
         if let Some(ct) = content_type {
@@ -231,13 +280,21 @@ impl Deployment {
         let retry_after = header("retry-after");
         let cors = header("access-control-allow-origin");
         let text = resp.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
         Answer {
             status,
+            text,
             body,
             retry_after,
             cors,
         }
+    }
+
+    /// Pushes `batch` as the batch `id`.
+    async fn push_batch(&self, id: &str, batch: &Value) -> Answer {
+        let query = format!("batch={id}");
+        self.push(Some(&query), Some("text/plain"), batch.to_string())
+            .await
     }
 
     /// Invokes the function with the recorded Function URL push event, as sent from
@@ -250,7 +307,7 @@ impl Deployment {
         event["body"] = json!(body.to_string());
         let resp = self
             .client
-            .post(&self.invoke_url)
+            .post(&self.function.invoke_url)
             .json(&event)
             .send()
             .await
@@ -265,71 +322,28 @@ impl Deployment {
         (status, body)
     }
 
-    async fn scrape(&self) -> BTreeMap<String, f64> {
-        let text = self
-            .client
-            .get(&self.metrics)
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("text");
-        parse(&text)
-    }
-
-    /// Waits until the collector has read `pushes` recorded pushes in all, then scrapes.
-    async fn scrape_after(&self, pushes: f64) -> BTreeMap<String, f64> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = self.scrape().await;
-            let seen: f64 = s
-                .iter()
-                .filter(|(k, _)| k.starts_with("pum_pushes_total{"))
-                .map(|(_, v)| v)
-                .sum();
-            if seen >= pushes || Instant::now() > deadline {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    /// What the tables hold, named as `/metrics` names it, rendered with the allowlist the
+    /// table holds: through the read port, strongly consistent, with no collector between.
+    async fn totals(&self) -> BTreeMap<String, f64> {
+        let stored = self.reader.read().await.expect("the tables read");
+        let allowlist = stored.allowlists.first().cloned().unwrap_or_default();
+        series_of(&stored.totals(), &allowlist)
     }
 }
 
 struct Answer {
     status: u16,
+    text: String,
     body: Value,
     retry_after: Option<String>,
     cors: Option<String>,
-}
-
-fn parse(text: &str) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let split = line.rfind(' ').expect("a sample line has a value");
-        let value: f64 = line[split + 1..]
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line}"));
-        out.insert(line[..split].to_owned(), value);
-    }
-    out
 }
 
 fn get(s: &BTreeMap<String, f64>, series: &str) -> f64 {
     s.get(series).copied().unwrap_or(0.0)
 }
 
-fn pushes(s: &BTreeMap<String, f64>) -> f64 {
-    s.iter()
-        .filter(|(k, _)| k.starts_with("pum_pushes_total{"))
-        .map(|(_, v)| v)
-        .sum()
-}
-
-/// Checks that every series of `expected` moved by exactly its value between two scrapes.
+/// Checks that every series of `expected` moved by exactly its value between two reads.
 fn assert_deltas(
     before: &BTreeMap<String, f64>,
     after: &BTreeMap<String, f64>,
@@ -344,161 +358,123 @@ fn assert_deltas(
     }
 }
 
-async fn seed_format_pushes_appear_exactly(d: &Deployment) {
-    let before = d.scrape().await;
-    let batches: Vec<Value> = (0..20).map(batch).collect();
-    for (i, b) in batches.iter().enumerate() {
-        let ct = if i % 2 == 0 {
-            "text/plain;charset=UTF-8"
-        } else {
-            "application/json"
-        };
-        let a = d.push(Some(ct), b.to_string()).await;
-        assert_eq!(a.status, 200, "{}", a.body);
-        assert_eq!(a.body, json!({"accepted": 3, "rejected": []}));
-        assert_eq!(a.cors.as_deref(), Some("*"));
-    }
-    let after = d.scrape_after(pushes(&before) + 20.0).await;
-    let mut want = expected(&batches);
-    want.insert("pum_pushes_total{result=\"accepted\"}".into(), 20.0);
-    want.insert("pum_samples_accepted_total".into(), 60.0);
-    want.insert("metrics_aggregator_record_total".into(), 20.0);
-    assert_deltas(&before, &after, &want);
-    assert!(get(&after, "pum_store_read_seconds_count") > 0.0);
+fn accepted(n: usize) -> (String, f64) {
+    ("pum_pushes_total{result=\"accepted\"}".into(), n as f64)
 }
 
-async fn concurrent_pushes_are_all_counted(d: &Arc<Deployment>) {
-    const PUSHES: usize = 300;
-    const IN_FLIGHT: usize = 32;
-    let before = d.scrape().await;
-    let gate = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..PUSHES {
-        let d = Arc::clone(d);
-        let gate = Arc::clone(&gate);
-        tasks.spawn(async move {
-            let _permit = gate.acquire_owned().await.expect("semaphore");
-            let a = d.push(Some("text/plain"), batch(i).to_string()).await;
-            assert_eq!(a.status, 200, "push {i}: {}", a.body);
-        });
+/// Waits until the collector shows what the tables hold (it reads them every 200 ms), so that a
+/// scenario starts from totals that every push before it is in.
+async fn settled(d: &Deployment, t: &Target) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (want, got) = (d.totals().await, t.scrape().await);
+        if want.iter().all(|(series, v)| get(&got, series) == *v) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the collector does not catch up with the tables"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    while let Some(r) = tasks.join_next().await {
-        r.expect("push task");
-    }
-    let after = d.scrape_after(pushes(&before) + PUSHES as f64).await;
-    let batches: Vec<Value> = (0..PUSHES).map(batch).collect();
-    let mut want = expected(&batches);
-    want.insert(
-        "pum_pushes_total{result=\"accepted\"}".into(),
-        PUSHES as f64,
-    );
-    assert_deltas(&before, &after, &want);
 }
 
-async fn bad_pushes_get_the_standalone_answers(d: &Deployment) {
-    let before = d.scrape().await;
-    let cases = bad_pushes();
-    let mut rejected: BTreeMap<String, f64> = BTreeMap::new();
-    let mut refused: BTreeMap<String, f64> = BTreeMap::new();
-    let mut sent = 0usize;
-    for case in &cases {
-        if std::str::from_utf8(&case.body).is_err() {
-            // cargo lambda watch answers a body that is not UTF-8 with its own 500 before the
-            // function runs. A Function URL passes such a body base64-encoded; tests/handler.rs
-            // feeds exactly that event and checks the answer.
-            println!(
-                "e2e: {:?} not sent through cargo lambda watch (see tests/handler.rs)",
-                case.name
-            );
-            continue;
-        }
-        sent += 1;
-        let a = d
-            .push(case.content_type.as_deref(), case.body.clone())
-            .await;
-        assert_eq!(a.status, case.status, "{}: {}", case.name, a.body);
-        assert_eq!(
-            a.body.get("error").and_then(Value::as_str),
-            case.error.as_deref(),
-            "{}: {}",
-            case.name,
-            a.body
-        );
-        let reasons: Vec<&str> = a.body["rejected"]
-            .as_array()
-            .map(|r| r.iter().filter_map(|r| r["reason"].as_str()).collect())
-            .unwrap_or_default();
-        assert_eq!(reasons, case.rejected, "{}: {}", case.name, a.body);
-        for r in &case.rejected {
-            *rejected.entry(r.clone()).or_default() += 1.0;
-        }
-        if let Some(e) = &case.error {
-            *refused.entry(e.clone()).or_default() += 1.0;
-        }
-    }
-    let after = d.scrape_after(pushes(&before) + sent as f64).await;
-    let mut want = BTreeMap::new();
-    for (reason, n) in rejected {
-        want.insert(
-            format!("pum_samples_rejected_total{{reason=\"{reason}\"}}"),
-            n,
-        );
-    }
-    for (reason, n) in refused {
-        want.insert(
-            format!("pum_pushes_rejected_total{{reason=\"{reason}\"}}"),
-            n,
-        );
-    }
-    // The one mixed case recorded one valid counter and one valid observation.
-    want.insert("pum_pushes_total{result=\"partial\"}".into(), 1.0);
-    assert_deltas(&before, &after, &want);
-}
-
-async fn a_store_outage_is_a_503_and_the_retry_counts_once(d: &mut Deployment) {
-    let before = d.scrape().await;
-    let body = batch(7).to_string();
+/// DynamoDB Local killed: the push is a 503 with `Retry-After` and nothing applied. Restarted
+/// from its files: the client's retry of that batch counts once, and a batch applied before the
+/// kill, sent again, counts nothing.
+async fn a_store_outage_is_a_503_and_batches_count_once_across_it(d: &mut Deployment) {
+    let before = d.totals().await;
+    let (applied, retried) = (batch(5), batch(7));
+    let (applied_id, retried_id) = (batch_id("outage", 5), batch_id("outage", 7));
+    let a = d.push_batch(&applied_id, &applied).await;
+    assert_eq!(a.status, 200, "{}", a.text);
     d.dynamo.kill();
-    let a = d.push(Some("text/plain"), body.clone()).await;
-    assert_eq!(a.status, 503, "{}", a.body);
+    let a = d.push_batch(&retried_id, &retried).await;
+    assert_eq!(a.status, 503, "{}", a.text);
     assert_eq!(a.body["error"], "store_unavailable");
     assert_eq!(a.retry_after.as_deref(), Some("1"));
     assert_eq!(a.cors.as_deref(), Some("*"));
-    // The collector counts its failed reads meanwhile and keeps serving the last totals.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(&d.scrape().await, "pum_store_errors_total{op=\"read\"}") == 0.0 {
-        assert!(Instant::now() < deadline, "read errors are counted");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     d.dynamo.restart();
-    // The client retries after Retry-After.
-    let a = d.push(Some("text/plain"), body).await;
-    assert_eq!(a.status, 200, "{}", a.body);
-    let after = d.scrape_after(pushes(&before) + 1.0).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after_more = d.scrape().await;
-    let mut want = expected(&[batch(7)]);
-    want.insert("pum_pushes_total{result=\"accepted\"}".into(), 1.0);
+    // The client retries after Retry-After; an old batch arrives again too.
+    for (id, b) in [(&retried_id, &retried), (&applied_id, &applied)] {
+        let a = d.push_batch(id, b).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.body, json!({"accepted": 3, "rejected": []}));
+    }
+    let after = d.totals().await;
+    let mut want = expected(&[applied, retried]);
+    want.extend([accepted(2)]);
     assert_deltas(&before, &after, &want);
-    assert_deltas(&before, &after_more, &want);
+}
+
+/// The user's allowlist is in the table, and the collector, given no `--config`, renders the
+/// user's metric from it.
+async fn a_custom_allowlist_is_stored_and_rendered_without_config(d: &Deployment) {
+    let push = json!([
+        {"metricName": "shop_checkout_total", "metricType": "counter", "labels": {"step": "paid"}, "inc": 2},
+        {"metricName": "shop_checkout_total", "metricType": "counter", "labels": {"step": "cart"}, "inc": 5}
+    ]);
+    let a = d.push_batch(&batch_id("custom", 1), &push).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let stored = d.reader.read().await.expect("read");
+    let want = Allowlist::compile(
+        [
+            ("PUM_ALLOWLIST_JSON[0]", CUSTOM),
+            ("PUM_ALLOWLIST_JSON[1]", EXAMPLE_ALLOWLIST),
+        ],
+        true,
+    )
+    .expect("the deployment's allowlist compiles");
+    let fingerprints: Vec<u64> = stored
+        .allowlists
+        .iter()
+        .map(Allowlist::fingerprint)
+        .collect();
+    assert_eq!(
+        fingerprints,
+        vec![want.fingerprint()],
+        "the allowlist stored"
+    );
+    assert_eq!(stored.allowlists[0].description(), want.description());
+    let collector = Collector::start(d).await;
+    let deadline = Instant::now() + SETTLE;
+    let text = loop {
+        let text = collector.scrape(&d.client).await;
+        if text.contains("shop_checkout_total{") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        text.contains("# HELP shop_checkout_total Checkouts by step."),
+        "the collector renders the stored allowlist's metric:\n{text}"
+    );
+    for line in [
+        "shop_checkout_total{step=\"paid\"} 2\n",
+        "shop_checkout_total{step=\"cart\"} 5\n",
+    ] {
+        assert!(text.contains(line), "{line}in\n{text}");
+    }
 }
 
 /// Under a low rate limit and one execution environment: the Function URL's client
-/// (127.0.0.1) gets three pushes, then 429 with `Retry-After`, while another client is accepted;
-/// accepted totals are exact, and the refusals are counted, carried by the next push stored,
-/// without a DynamoDB write of their own.
+/// (127.0.0.1), which pushed once in the scenario before, gets two more pushes, then 429 with
+/// `Retry-After`, while another client is accepted; accepted totals are exact, and the refusals
+/// are counted, carried by the next push stored, without a DynamoDB write of their own.
 async fn one_client_is_rate_limited_and_another_is_not(d: &Deployment) {
-    let before = d.scrape().await;
+    let before = d.totals().await;
     d.dynamo.reset_stats();
     let batches: Vec<Value> = (0..4).map(batch).collect();
-    for b in &batches[..3] {
-        let a = d.push(Some("text/plain"), b.to_string()).await;
-        assert_eq!(a.status, 200, "{}", a.body);
+    for b in &batches[..2] {
+        let a = d.push(None, Some("text/plain"), b.to_string()).await;
+        assert_eq!(a.status, 200, "{}", a.text);
     }
     for _ in 0..2 {
-        let a = d.push(Some("text/plain"), batch(99).to_string()).await;
-        assert_eq!(a.status, 429, "{}", a.body);
-        assert_eq!(a.body["error"], "rate_limited", "{}", a.body);
+        let a = d
+            .push(None, Some("text/plain"), batch(99).to_string())
+            .await;
+        assert_eq!(a.status, 429, "{}", a.text);
+        assert_eq!(a.body["error"], "rate_limited", "{}", a.text);
         let retry: u32 = a
             .retry_after
             .as_deref()
@@ -507,19 +483,21 @@ async fn one_client_is_rate_limited_and_another_is_not(d: &Deployment) {
         assert!((1..=1000).contains(&retry), "Retry-After {retry}");
         assert_eq!(a.cors.as_deref(), Some("*"));
     }
-    let (status, body) = d.invoke_push_from("198.51.100.7", &batches[3]).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"accepted": 3, "rejected": []}));
+    for b in &batches[2..] {
+        let (status, body) = d.invoke_push_from("198.51.100.7", b).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!({"accepted": 3, "rejected": []}));
+    }
     // 4 pushes stored, 2 refused: the refusals wrote nothing.
     assert_eq!(
         d.dynamo.stat("TransactWriteItems"),
-        4,
+        4.0,
         "{}",
         d.dynamo.stats()
     );
-    let after = d.scrape_after(pushes(&before) + 6.0).await;
+    let after = d.totals().await;
     let mut want = expected(&batches);
-    want.insert("pum_pushes_total{result=\"accepted\"}".into(), 4.0);
+    want.extend([accepted(4)]);
     want.insert("pum_pushes_total{result=\"rejected\"}".into(), 2.0);
     want.insert(
         "pum_pushes_rejected_total{reason=\"rate_limited\"}".into(),
@@ -528,145 +506,214 @@ async fn one_client_is_rate_limited_and_another_is_not(d: &Deployment) {
     assert_deltas(&before, &after, &want);
 }
 
+/// `pum-collector serve --source dynamodb` on a deployment's table, without `--config`.
+struct Collector {
+    metrics: String,
+    _proc: Proc,
+}
+
+impl Collector {
+    async fn start(d: &Deployment) -> Collector {
+        let bin = std::env::var("PUM_COLLECTOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join("target/debug/pum-collector"));
+        let mut child = Command::new(&bin)
+            .args(["serve", "--source", "dynamodb"])
+            .args(["--table", &d.reader.settings().table])
+            .args(["--region", REGION, "--endpoint-url", &d.dynamo.endpoint()])
+            .args(["--metrics-listen", "127.0.0.1:0", "--refresh", "200ms"])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("PUM_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts: {e}", bin.display()));
+        let stdout = child.stdout.take().expect("stdout");
+        let proc = Proc(child);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("pum: metrics listening on ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(rest.to_owned());
+                }
+            }
+        });
+        let metrics = tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .expect("the collector announces its address");
+        Collector {
+            metrics,
+            _proc: proc,
+        }
+    }
+
+    async fn scrape(&self, client: &reqwest::Client) -> String {
+        let resp = client.get(&self.metrics).send().await.expect("scrape");
+        resp.text().await.expect("text")
+    }
+}
+
+/// The scenarios' results, printed as they finish.
+#[derive(Default)]
+struct Results(Vec<bool>);
+
+impl Results {
+    /// Runs one scenario as its own task (a panic fails it, not the run); its output if it
+    /// passed.
+    async fn run<T: Send + 'static>(
+        &mut self,
+        name: &str,
+        scenario: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let t = Instant::now();
+        let out = tokio::spawn(scenario).await.ok();
+        println!(
+            "test {name} ... {} ({:.1}s)",
+            if out.is_some() { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        );
+        self.0.push(out.is_some());
+        out
+    }
+}
+
 async fn run_all() -> usize {
+    let mut results = Results::default();
     let started = Instant::now();
-    let mut d = Deployment::start().await;
+    let d = Deployment::start("PUM_RATE_LIMIT=0\n", 4).await;
+    let collector = Collector::start(&d).await;
     println!(
         "e2e: deployment up in {:.1}s (table {}, function {}, collector {})",
         started.elapsed().as_secs_f64(),
-        d.table,
-        d.url,
-        d.metrics
+        d.reader.settings().table,
+        d.function.url,
+        collector.metrics,
     );
-    let mut results: Vec<(&str, bool)> = Vec::new();
-    macro_rules! scenario {
-        ($name:literal, $fut:expr) => {{
-            let t = Instant::now();
-            let ok = tokio::spawn($fut).await.is_ok();
-            println!(
-                "test {} ... {} ({:.1}s)",
-                $name,
-                if ok { "ok" } else { "FAILED" },
-                t.elapsed().as_secs_f64()
-            );
-            results.push(($name, ok));
-        }};
-    }
-    let shared = Arc::new(d);
-    {
-        let s = Arc::clone(&shared);
-        scenario!("seed_format_pushes_appear_exactly_on_metrics", async move {
-            seed_format_pushes_appear_exactly(&s).await
-        });
-    }
-    {
-        let s = Arc::clone(&shared);
-        scenario!(
-            "hundreds_of_concurrent_pushes_are_all_counted",
-            async move { concurrent_pushes_are_all_counted(&s).await }
-        );
-    }
-    {
-        let s = Arc::clone(&shared);
-        scenario!("bad_push_corpus_gets_the_standalone_answers", async move {
-            bad_pushes_get_the_standalone_answers(&s).await
-        });
-    }
-    d = match Arc::try_unwrap(shared) {
-        Ok(d) => d,
-        Err(_) => panic!("scenarios hold no deployment"),
-    };
-    let t = Instant::now();
-    let outage = {
-        let handle = tokio::spawn(async move {
-            a_store_outage_is_a_503_and_the_retry_counts_once(&mut d).await;
-            d
-        });
-        handle.await
-    };
-    let ok = outage.is_ok();
-    println!(
-        "test store_outage_is_a_503_and_the_retried_push_counts_once ... {} ({:.1}s)",
-        if ok { "ok" } else { "FAILED" },
-        t.elapsed().as_secs_f64()
-    );
-    results.push(("store_outage", ok));
-    if let Ok(d) = outage {
-        drop(d);
+    let t = Arc::new(d.target(&collector));
+    let s = Arc::clone(&t);
+    results
+        .run("suite_answers_match_the_core", async move {
+            pum_e2e::answers_match_the_core(&s).await
+        })
+        .await;
+    settled(&d, &t).await;
+    let s = Arc::clone(&t);
+    results
+        .run("suite_counts_exactly", async move {
+            pum_e2e::counts_exactly(&s).await
+        })
+        .await;
+    settled(&d, &t).await;
+    let s = Arc::clone(&t);
+    results
+        .run(
+            "suite_replays_count_once_in_sequence_and_8_at_once",
+            async move { pum_e2e::replays_count_once(&s).await },
+        )
+        .await;
+    settled(&d, &t).await;
+    drop(t);
+    let d = results
+        .run(
+            "suite_replay_after_the_function_restarts_counts_once",
+            async move {
+                let mut d = d;
+                let (function, c) = (&mut d, &collector);
+                let t = function.target(c);
+                pum_e2e::replay_after_restart_counts_once(t, |_| async move {
+                    function.restart_function().await;
+                    function.target(c)
+                })
+                .await;
+                d
+            },
+        )
+        .await;
+    if let Some(mut d) = d {
+        results
+            .run(
+                "a_store_outage_is_a_503_and_batches_count_once_across_a_restart",
+                async move { a_store_outage_is_a_503_and_batches_count_once_across_it(&mut d).await },
+            )
+            .await;
     }
 
-    let t = Instant::now();
-    let limited = Deployment::start_with(LOW_RATE_LIMIT, 1).await;
-    let ok =
-        tokio::spawn(async move { one_client_is_rate_limited_and_another_is_not(&limited).await })
-            .await
-            .is_ok();
-    println!(
-        "test one_client_is_rate_limited_and_another_is_not ... {} ({:.1}s)",
-        if ok { "ok" } else { "FAILED" },
-        t.elapsed().as_secs_f64()
+    let env = format!(
+        "PUM_ALLOWLIST_JSON='[{CUSTOM},{}]'\nPUM_RATE_LIMIT=0.001\nPUM_RATE_BURST=3\n",
+        serde_json::to_string(
+            &serde_json::from_str::<Value>(EXAMPLE_ALLOWLIST).expect("the example is JSON")
+        )
+        .expect("one line")
     );
-    results.push(("rate_limit", ok));
-    let failed = results.iter().filter(|(_, ok)| !ok).count();
+    let d = Arc::new(Deployment::start(&env, 1).await);
+    let s = Arc::clone(&d);
+    results
+        .run(
+            "a_custom_allowlist_is_stored_and_rendered_without_config",
+            async move { a_custom_allowlist_is_stored_and_rendered_without_config(&s).await },
+        )
+        .await;
+    let s = Arc::clone(&d);
+    results
+        .run(
+            "one_client_is_rate_limited_and_another_is_not",
+            async move { one_client_is_rate_limited_and_another_is_not(&s).await },
+        )
+        .await;
+    let failed = results.0.iter().filter(|ok| !**ok).count();
     if failed > 0 {
         println!("e2e: the function's log is in {}", watch_log().display());
     }
     println!();
-    println!("e2e: {} passed, {failed} failed", results.len() - failed);
+    println!("e2e: {} passed, {failed} failed", results.0.len() - failed);
     failed
 }
 
 async fn bench(n: usize) {
-    let d = Deployment::start().await;
+    let d = Deployment::start("PUM_RATE_LIMIT=0\n", 4).await;
     // Warm up (the first invocations start the function instances).
-    for _ in 0..10 {
-        let a = d.push(Some("text/plain;charset=UTF-8"), BEACON).await;
-        assert_eq!(a.status, 200, "{}", a.body);
+    for i in 0..10 {
+        let a = d
+            .push(
+                Some(&format!("batch={}", batch_id("warm", i))),
+                Some("text/plain;charset=UTF-8"),
+                BEACON,
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text);
     }
     d.dynamo.reset_stats();
     let mut latencies = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
+        let query = format!("batch={}", batch_id("bench", i));
         let t = Instant::now();
-        let a = d.push(Some("text/plain;charset=UTF-8"), BEACON).await;
+        let a = d
+            .push(Some(&query), Some("text/plain;charset=UTF-8"), BEACON)
+            .await;
         latencies.push(t.elapsed());
-        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.status, 200, "{}", a.text);
     }
     let transactions = d.dynamo.stat("TransactWriteItems");
     let items = d.dynamo.stat("TransactWriteItems.items");
-    // Baselines in the same run: the same path without the store (GET /healthz through watch),
-    // and the store without the path (the beacon's delta merged straight into the local server).
+    // Baseline in the same run: the same path without the store (GET /healthz through watch).
     let mut health = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
         let r = d
             .client
-            .get(format!("{}/healthz", d.url))
+            .get(format!("{}/healthz", d.function.url))
             .send()
             .await
             .expect("healthz");
         assert_eq!(r.status(), 200);
         health.push(t.elapsed());
-    }
-    let ingest = pum_shared::Ingest::new(
-        pum_shared::Allowlist::compile(
-            [("example", pum_shared::allowlist::EXAMPLE_ALLOWLIST)],
-            true,
-        )
-        .expect("allowlist"),
-        pum_shared::Limits::default(),
-    );
-    let delta = ingest.push(Some("text/plain"), BEACON.as_bytes()).delta;
-    let direct = pum_dynamodb::DynamoStore::new(
-        d.dynamo.client(),
-        pum_dynamodb::Settings::new(d.table.clone(), REGION),
-    );
-    let mut merges = Vec::with_capacity(n);
-    for i in 0..n {
-        let t = Instant::now();
-        pum_shared::Store::merge(&direct, &format!("bench-{i}"), &delta)
-            .await
-            .expect("merge");
-        merges.push(t.elapsed());
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let summary = |mut v: Vec<Duration>| {
@@ -687,7 +734,7 @@ async fn bench(n: usize) {
         .filter_map(|s| s["metricName"].as_str())
         .collect();
     println!(
-        "bench: {n} pushes of fixtures/beacon.json ({} bytes, {} samples, {} user metrics) one at a time through cargo lambda watch",
+        "bench: {n} pushes of fixtures/beacon.json ({} bytes, {} samples, {} user metrics), each a new batch, one at a time through cargo lambda watch",
         BEACON.len(),
         beacon.as_array().map_or(0, Vec::len),
         metrics.len()
@@ -701,26 +748,24 @@ async fn bench(n: usize) {
         summary(health)
     );
     println!(
-        "bench: baseline, the beacon's merge straight into the local server (no watch): {}",
-        summary(merges)
-    );
-    println!(
         "bench: DynamoDB requests per push: {:.2} TransactWriteItems, {:.2} item writes (counted at the server)",
-        transactions as f64 / n as f64,
-        items as f64 / n as f64
+        transactions / n as f64,
+        items / n as f64
     );
-    let store = pum_dynamodb::DynamoStore::new(
-        d.dynamo.client(),
-        pum_dynamodb::Settings::new(d.table.clone(), REGION),
-    );
-    let sizes = store.item_sizes().await.expect("item sizes");
+    // DynamoDB bills a transactional write 2 units per KB of the item (the larger of before and
+    // after): the aggregates items by their size now, the dedupe item (under 100 bytes) at 2.
+    let sizes = d.reader.item_sizes().await.expect("item sizes");
     let mut per_group: BTreeMap<String, usize> = BTreeMap::new();
     for (pk, size) in &sizes {
+        if pk.starts_with(pum_dynamodb::ALLOWLIST_PREFIX) {
+            println!("bench: {pk}: {size} bytes, written once per execution environment");
+            continue;
+        }
         let group = pk.splitn(3, '#').nth(2).unwrap_or("").to_owned();
         let max = per_group.entry(group).or_default();
         *max = (*max).max(*size);
     }
-    let mut wcu = 2; // the marker: under 1 KB, transactional
+    let mut wcu = 2;
     for (group, size) in &per_group {
         let units = 2 * size.div_ceil(1024);
         wcu += units;
@@ -728,7 +773,8 @@ async fn bench(n: usize) {
             "bench: item {group}: {size} bytes -> {units} write units per transactional write"
         );
     }
+    println!("bench: item (batches table) the dedupe item -> 2 write units");
     println!(
-        "bench: write units per push (items as now, marker included): {wcu}; per million pushes: {wcu} million"
+        "bench: write units per push (items as now, dedupe item included): {wcu}; per million pushes: {wcu} million"
     );
 }

@@ -1,18 +1,19 @@
 //! # pum-worker: pum's Cloudflare Worker
 //!
-//! The Worker serves the same `POST /record` as `pum-collector standalone`, from the same core
-//! (`pum-shared`): same validation, answers, limits and CORS. What differs is where totals live.
+//! The Worker is an adapter of the core (`pum-shared`'s [`pum_shared::app`]): it answers every
+//! ingest route exactly as standalone and the Lambda do. What differs is where totals live.
 //!
 //! ```text
-//! browser --POST /record--> Worker: validate, turn the push into a delta (pum-shared)
-//!            one Durable Object request --> Shard n (of SHARDS, picked at random)
-//!                 appends the delta as ONE row of its SQLite `pending` table, answers 204
-//!                 (the row is durable before the answer: output gates hold it until written)
-//!            <-- 204: the Worker answers the push; any failure: 503 + Retry-After, nothing applied
-//! Shard alarm, every FOLD_SECONDS (default 5) while pushes arrive:
-//!     fold `pending` into the cumulative `totals` (one transaction), then write the shard's
-//!     cumulative snapshot to Workers KV under `shard/<n>` (its own key, <= 1 write/s)
-//! collector --GET /export (bearer EXPORT_TOKEN)--> Worker: every `shard/*` snapshot from KV
+//! browser --POST /record?batch=ID--> Worker: the core validates, makes the push's delta record
+//!            one Durable Object request --> Shard n (of PUM_SHARDS; by the batch id's hash, or
+//!            at random for a push without one)
+//!                 appends the record as ONE row of its SQLite `pending` table, unless the batch
+//!                 id was applied within the hour; answers (the row is durable before the answer)
+//!            <-- the core's answer; any failure: 503 + Retry-After, nothing applied
+//! Shard alarm, every PUM_FOLD_SECONDS (default 5) while pushes arrive:
+//!     fold `pending` into the cumulative `totals` (one transaction), then publish the totals
+//!     and the allowlists to Workers KV under `shard/<n>` (its own key, <= 1 write/s)
+//! collector --GET /export (bearer PUM_EXPORT_TOKEN)--> Worker: every `shard/*` from KV
 //! ```
 //!
 //! Workers KV has no atomic update, so read-modify-write counters on it lose increments; a
@@ -21,13 +22,15 @@
 //! the traffic.
 //!
 //! Layout:
-//! - [`settings`]: the Worker's configuration from its vars (allowlist, origins, shards, token,
-//!   rate limit).
-//! - `pum_shard` (stores/shard): what a shard stores and how it folds, platform-free so it is
-//!   tested natively.
+//! - [`settings`]: the Worker's configuration from its vars (`PUM_*`).
 //! - [`export`]: the export endpoint's token check and document.
-//! - `entry` and `durable` (wasm32 only): the Workers runtime glue, the fetch handler and the
-//!   `Shard` Durable Object. They are all the code that touches the platform.
+//! - `pum_shard` (stores/shard): what a shard stores, how it folds and deduplicates, platform-free
+//!   so that the store conformance suite runs on it natively.
+//! - wasm32 only, all the code that touches the platform: `entry` (the fetch handler), `store`
+//!   (the core's store over the shards), `durable` (the `Shard` Durable Object) and `sql` (the
+//!   shard's SQL over the object's storage).
+//! - `src/bin/assets.rs`: lays out the static assets and their `_headers` from the core
+//!   (build.sh runs it).
 
 pub mod export;
 pub mod settings;
@@ -36,3 +39,7 @@ pub mod settings;
 mod durable;
 #[cfg(target_arch = "wasm32")]
 mod entry;
+#[cfg(target_arch = "wasm32")]
+mod sql;
+#[cfg(target_arch = "wasm32")]
+mod store;

@@ -1,34 +1,42 @@
 //! The Worker's configuration, read from its vars and secrets (`wrangler.toml` `[vars]`,
 //! `wrangler secret put`, `wrangler dev --var`) and checked once per isolate.
 //!
+//! The ingest's settings are the vocabulary every ingest shares ([`pum_shared::settings`]:
+//! `PUM_ALLOWLIST_JSON`, `PUM_BROWSER_PACK`, `PUM_ALLOWED_ORIGINS`, `PUM_RATE_LIMIT`,
+//! `PUM_RATE_BURST`, `PUM_RATE_LIMIT_CLIENTS`); without `PUM_ALLOWLIST_JSON`, the allowlist
+//! compiled in from `PUM_ALLOWLIST` at build time (build.rs) applies, else the example. The
+//! Worker adds:
+//!
 //! | name | default | what |
 //! | --- | --- | --- |
-//! | `ALLOWLIST_JSON` | the build's allowlist | the allowlist: one `{"allowedMetrics": [...]}` object, or an array of them (one per file of a config directory); a JSON string or a TOML table. Vars hold a few KB at most: for more, build with `PUM_ALLOWLIST` |
-//! | `BROWSER_PACK` | `true` | whether the built-in browser pack (navigation timing, Core Web Vitals) is allowed too |
-//! | `ALLOWED_ORIGINS` | `*` | origins allowed to push, comma-separated, as `--allowed-origins` |
-//! | `SHARDS` | `4` | Durable Objects pushes are spread over (1 to 1024) |
-//! | `FOLD_SECONDS` | `5` | seconds between a shard's folds while pushes arrive (1 to 3600; read by the shards, see `pum_shard`) |
-//! | `EXPORT_TOKEN` | none | bearer token of `GET /export`; a secret. Without it the export refuses every request. |
-//! | `RATE_LIMIT` | `50` | pushes a second one client address (`CF-Connecting-IP`; an IPv6 client by its /64) may send; `0` turns rate limiting off. Counted per isolate: see below |
-//! | `RATE_BURST` | `500` | pushes a client may send at once before `RATE_LIMIT` applies (at least 1) |
-//! | `RATE_LIMIT_CLIENTS` | `65536` | client addresses each isolate tracks at most (bounds its memory: about 2 MB at the default) |
+//! | `PUM_SHARDS` | `4` | Durable Objects pushes are spread over (1 to 1024) |
+//! | `PUM_FOLD_SECONDS` | `5` | seconds between a shard's folds while pushes arrive (1 to 3600; read by the shards, see `pum_shard`) |
+//! | `PUM_EXPORT_TOKEN` | none | bearer token of `GET /export`; a secret. Without it the export refuses every request. |
 //!
 //! The rate limit is kept in each isolate's memory, not shared across isolates or locations:
 //! Cloudflare runs many isolates of a Worker, in every location, so a client spread over `n` of
 //! them may send up to `n` times the limit. It stops one client hammering one location cheaply
 //! (a refused push costs no Durable Object request); for a limit across all of Cloudflare, add a
-//! WAF rate limiting rule in front (docs/cloudflare.md).
+//! WAF rate limiting rule in front (docs/cloudflare.md). The client is `CF-Connecting-IP` (an
+//! IPv6 client by its /64).
 
-use pum_shared::http::Cors;
-use pum_shared::{Allowlist, Ingest, Limits, RateLimit};
+use pum_shared::app;
+use pum_shared::settings;
 
 /// The allowlist compiled in at build time from `PUM_ALLOWLIST` (see build.rs), as a JSON array
-/// of `[file name, text]`; empty when the build had none, and the example allowlist applies.
+/// of `[file name, text]`; empty when the build had none.
 const BUILT_IN: &str = include_str!(concat!(env!("OUT_DIR"), "/allowlist.json"));
 
+/// Shards pushes are spread over.
+pub const SHARDS: &str = "PUM_SHARDS";
+/// Seconds between a shard's folds.
+pub const FOLD_SECONDS: &str = "PUM_FOLD_SECONDS";
+/// The export's bearer token.
+pub const EXPORT_TOKEN: &str = "PUM_EXPORT_TOKEN";
+
 /// Default number of shards. A Durable Object handles about 1,000 simple requests a second, so 4
-/// shards take a few thousand pushes a second; each shard costs a fold every `FOLD_SECONDS` while
-/// pushes arrive, so fewer is cheaper (docs/cloudflare.md, "What it costs").
+/// shards take a few thousand pushes a second; each shard costs a fold every `PUM_FOLD_SECONDS`
+/// while pushes arrive, so fewer is cheaper (docs/cloudflare.md, "What it costs").
 pub const DEFAULT_SHARDS: u32 = 4;
 /// Most shards a deployment may use.
 pub const MAX_SHARDS: u32 = 1024;
@@ -36,100 +44,59 @@ pub const MAX_SHARDS: u32 = 1024;
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The ingest core over the compiled allowlist.
-    pub ingest: Ingest,
-    /// Origins allowed to push.
-    pub cors: Cors,
+    /// The ingest's settings: allowlist, limits, origins, rate limit.
+    pub app: app::Settings,
     /// Number of shards.
     pub shards: u32,
     /// The export endpoint's bearer token, if one is set.
     pub export_token: Option<String>,
-    /// The per-client rate limit of pushes (per isolate).
-    pub rate_limit: RateLimit,
 }
-
-/// The vars of the rate limit: pushes a second, burst, clients tracked.
-pub const RATE_VARS: [&str; 3] = ["RATE_LIMIT", "RATE_BURST", "RATE_LIMIT_CLIENTS"];
 
 impl Settings {
     /// Reads the settings through `var`, which returns a var's text (JSON text for a var that
     /// is a TOML table or array) or `None` when it is unset. An error names the var and, for the
     /// allowlist, the metric and field.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
-        let browser_pack = match var("BROWSER_PACK").as_deref().map(str::trim) {
-            None | Some("") | Some("true") | Some("1") => true,
-            Some("false") | Some("0") => false,
-            Some(other) => {
-                return Err(format!(
-                    "BROWSER_PACK is {other:?}; it must be \"true\" or \"false\""
-                ));
-            }
-        };
         let built_in: Vec<(String, String)> = serde_json::from_str(BUILT_IN).unwrap_or_default();
-        let allowlist = match var("ALLOWLIST_JSON").filter(|s| !s.trim().is_empty()) {
-            None if !built_in.is_empty() => Allowlist::compile(
-                built_in.iter().map(|(n, t)| (n.as_str(), t.as_str())),
-                browser_pack,
-            ),
-            None => Allowlist::compile(
-                [(
-                    "built-in example allowlist",
-                    pum_shared::allowlist::EXAMPLE_ALLOWLIST,
-                )],
-                browser_pack,
-            ),
-            Some(text) => {
-                let sources = allowlist_sources(&text)?;
-                Allowlist::compile(
-                    sources.iter().map(|(n, t)| (n.as_str(), t.as_str())),
-                    browser_pack,
-                )
-            }
-        }
-        .map_err(|e| e.to_string())?;
-        // The Worker runs on the default limits; a metric's maxValue could still be too large.
-        let limits = Limits::default();
-        limits.check(&allowlist).map_err(|e| e.to_string())?;
-        let shards = match var("SHARDS").as_deref().map(str::trim) {
+        let allowlist = settings::allowlist(&var, &built_in)?;
+        let app = settings::ingest(&var, allowlist)?;
+        let shards = match var(SHARDS).as_deref().map(str::trim) {
             None | Some("") => DEFAULT_SHARDS,
             Some(s) => match s.parse::<u32>() {
                 Ok(n) if (1..=MAX_SHARDS).contains(&n) => n,
                 _ => {
                     return Err(format!(
-                        "SHARDS is {s:?}; it must be a whole number from 1 to {MAX_SHARDS}"
+                        "{SHARDS} is {s:?}; it must be a whole number from 1 to {MAX_SHARDS}"
                     ));
                 }
             },
         };
-        let rate_limit = RateLimit::from_vars(RATE_VARS, &var)?;
         Ok(Settings {
-            ingest: Ingest::new(allowlist, limits),
-            cors: Cors::parse(var("ALLOWED_ORIGINS").as_deref().unwrap_or("*")),
+            app,
             shards,
-            export_token: var("EXPORT_TOKEN").filter(|t| !t.is_empty()),
-            rate_limit,
+            export_token: var(EXPORT_TOKEN).filter(|t| !t.is_empty()),
         })
     }
 }
 
-/// Splits `ALLOWLIST_JSON` into named sources: an object is one source, an array holds one per
-/// element.
-fn allowlist_sources(text: &str) -> Result<Vec<(String, String)>, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("ALLOWLIST_JSON is not valid JSON: {e}"))?;
-    match value {
-        serde_json::Value::Array(items) => Ok(items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| (format!("ALLOWLIST_JSON[{i}]"), item.to_string()))
-            .collect()),
-        _ => Ok(vec![("ALLOWLIST_JSON".to_owned(), text.to_owned())]),
+/// A var's text: a string var as is, a TOML table or array var as JSON.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn env_text(env: &worker::Env, name: &str) -> Option<String> {
+    let v = js_sys::Reflect::get(env, &wasm_bindgen::JsValue::from_str(name)).ok()?;
+    if v.is_undefined() || v.is_null() {
+        return None;
     }
+    if let Some(s) = v.as_string() {
+        return Some(s);
+    }
+    js_sys::JSON::stringify(&v).ok().and_then(|s| s.as_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pum_shared::RateLimit;
+    use pum_shared::http::Cors;
     use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, String> {
@@ -143,108 +110,56 @@ mod tests {
     #[test]
     fn defaults_are_the_example_allowlist_any_origin_four_shards_no_token() {
         let s = settings(&[]).expect("defaults");
-        assert!(
-            s.ingest
-                .allowlist()
-                .get("demo_feature_usage_total")
-                .is_some()
-        );
-        assert!(s.ingest.allowlist().get("browser_lcp_seconds").is_some());
-        assert_eq!(s.cors, Cors::Any);
+        let list = s.app.ingest.allowlist();
+        assert!(list.get("demo_feature_usage_total").is_some());
+        assert!(list.get("browser_lcp_seconds").is_some());
+        assert_eq!(s.app.cors, Cors::Any);
+        assert_eq!(s.app.rate_limit, RateLimit::default());
         assert_eq!(s.shards, DEFAULT_SHARDS);
         assert_eq!(s.export_token, None);
-        assert_eq!(s.rate_limit, RateLimit::default());
     }
 
     #[test]
-    fn own_allowlist_replaces_the_example() {
+    fn the_shared_vocabulary_applies() {
         let one = r#"{"allowedMetrics":[{"name":"a_total","help":"h","type":"counter"}]}"#;
-        let s = settings(&[("ALLOWLIST_JSON", one), ("BROWSER_PACK", "false")]).expect("ok");
-        assert!(s.ingest.allowlist().get("a_total").is_some());
-        assert!(
-            s.ingest
-                .allowlist()
-                .get("demo_feature_usage_total")
-                .is_none()
-        );
-        assert!(s.ingest.allowlist().get("browser_lcp_seconds").is_none());
-        let two = format!(
-            r#"[{one}, {{"allowedMetrics":[{{"name":"b_total","help":"h","type":"counter"}}]}}]"#
-        );
-        let s = settings(&[("ALLOWLIST_JSON", &two)]).expect("ok");
-        assert!(s.ingest.allowlist().get("b_total").is_some());
-    }
-
-    #[test]
-    fn bad_settings_name_what_is_wrong() {
-        let e = settings(&[("ALLOWLIST_JSON", "{")]).expect_err("bad json");
-        assert!(e.contains("ALLOWLIST_JSON"), "{e}");
-        let e = settings(&[(
-            "ALLOWLIST_JSON",
-            r#"[{"allowedMetrics":[{"name":"x","help":"h","type":"gauge"}]}]"#,
-        )])
-        .expect_err("bad type");
-        assert!(e.contains("ALLOWLIST_JSON[0]") && e.contains('x'), "{e}");
-        let e = settings(&[(
-            "ALLOWLIST_JSON",
-            r#"{"allowedMetrics":[{"name":"x_total","help":"h","type":"counter","maxValue":1e300}]}"#,
-        )])
-        .expect_err("a maxValue that could overflow a total");
-        assert!(
-            e.starts_with("ALLOWLIST_JSON: metric \"x_total\": field \"maxValue\": "),
-            "{e}"
-        );
-        let e = settings(&[(
-            "ALLOWLIST_JSON",
-            r#"{"allowedMetrics":[{"name":"x_total","help":"h","type":"counter","labels":[{"name":"v","allowedValues":[""]}]}]}"#,
-        )])
-        .expect_err("an empty label value");
-        assert!(e.contains("\"labels[0].allowedValues[0]\""), "{e}");
-        assert!(settings(&[("SHARDS", "0")]).is_err());
-        assert!(settings(&[("SHARDS", "many")]).is_err());
-        assert!(settings(&[("BROWSER_PACK", "yes")]).is_err());
-        for (var, value) in [
-            ("RATE_LIMIT", "lots"),
-            ("RATE_LIMIT", "-5"),
-            ("RATE_BURST", "0"),
-            ("RATE_LIMIT_CLIENTS", "0"),
-        ] {
-            let e = settings(&[(var, value)]).expect_err("bad rate limit");
-            assert!(e.starts_with(var), "{e}");
-        }
-    }
-
-    #[test]
-    fn rate_limit_vars() {
         let s = settings(&[
-            ("RATE_LIMIT", "2"),
-            ("RATE_BURST", "3"),
-            ("RATE_LIMIT_CLIENTS", "100"),
+            ("PUM_ALLOWLIST_JSON", one),
+            ("PUM_BROWSER_PACK", "false"),
+            ("PUM_ALLOWED_ORIGINS", "https://a.example"),
+            ("PUM_RATE_LIMIT", "0"),
         ])
         .expect("ok");
-        assert_eq!(
-            s.rate_limit,
-            RateLimit {
-                per_second: 2.0,
-                burst: 3.0,
-                max_clients: 100
-            }
-        );
-        let s = settings(&[("RATE_LIMIT", "0")]).expect("off");
-        assert!(!s.rate_limit.is_on());
+        let list = s.app.ingest.allowlist();
+        assert!(list.get("a_total").is_some());
+        assert!(list.get("browser_lcp_seconds").is_none());
+        assert!(!s.app.cors.allows(Some("https://b.example")));
+        assert!(!s.app.rate_limit.is_on());
     }
 
     #[test]
-    fn origins_shards_and_token() {
-        let s = settings(&[
-            ("ALLOWED_ORIGINS", "https://a.example, https://b.example"),
-            ("SHARDS", "16"),
-            ("EXPORT_TOKEN", "t0ken"),
-        ])
-        .expect("ok");
-        assert!(s.cors.allows(Some("https://b.example")));
-        assert!(!s.cors.allows(Some("https://c.example")));
+    fn shards_and_token() {
+        let s = settings(&[("PUM_SHARDS", "16"), ("PUM_EXPORT_TOKEN", "t0ken")]).expect("ok");
         assert_eq!(s.shards, 16);
         assert_eq!(s.export_token.as_deref(), Some("t0ken"));
+        assert_eq!(
+            settings(&[("PUM_EXPORT_TOKEN", "")])
+                .expect("ok")
+                .export_token,
+            None
+        );
+    }
+
+    #[test]
+    fn bad_settings_name_the_var() {
+        for (var, value) in [
+            ("PUM_SHARDS", "0"),
+            ("PUM_SHARDS", "many"),
+            ("PUM_ALLOWLIST_JSON", "{"),
+            ("PUM_BROWSER_PACK", "yes"),
+            ("PUM_RATE_BURST", "0"),
+        ] {
+            let e = settings(&[(var, value)]).expect_err("refused");
+            assert!(e.contains(var), "{var}: {e}");
+        }
     }
 }

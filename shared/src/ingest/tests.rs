@@ -1,5 +1,6 @@
+use super::decode::Typed;
 use super::*;
-use crate::aggregate::SeriesValue;
+use crate::aggregate::{SeriesKey, SeriesValue};
 use crate::corpus::bad_pushes;
 use crate::own;
 

@@ -7,6 +7,13 @@ import { createClient } from '../../src/client.js';
 // No automatic metrics here: these tests look at custom metrics only.
 const make = (o = {}) => createClient({ autoMetrics: false, ...o });
 
+// The URL a batch is sent to, without its batch id (checked to be 128 random bits in hex).
+const base = (url) => {
+  const m = /^(.*)\?batch=([0-9a-f]{32})$/.exec(url);
+  assert.ok(m, `${url} names its batch`);
+  return m[1];
+};
+
 let b;
 beforeEach(() => {
   mock.timers.enable({ apis: ['setInterval', 'setTimeout'] });
@@ -24,7 +31,7 @@ test('counters with the same name and labels are merged, label order and types i
   c.increment('demo_feature_usage_total', { feature: 'share' });
   c.flush();
   assert.equal(b.beacons.length, 1);
-  assert.equal(b.beacons[0].url, 'http://h:3000/record');
+  assert.equal(base(b.beacons[0].url), 'http://h:3000/record');
   assert.equal(b.beacons[0].type, 'string');
   assert.deepEqual(b.beacons[0].body, [
     {
@@ -51,7 +58,7 @@ test('observations of one series are appended; counters and histograms batch in 
   c.flush();
   c.flush(); // nothing left: no empty push
   assert.equal(b.beacons.length, 1);
-  assert.equal(b.beacons[0].url, '/record', 'default endpoint is the page origin');
+  assert.equal(base(b.beacons[0].url), '/record', 'default endpoint is the page origin');
   assert.deepEqual(b.beacons[0].body, [
     {
       metricName: 'demo_third_party_api_seconds',
@@ -176,7 +183,7 @@ test('set() changes the endpoint and interval later (the init command)', () => {
   c.set({ flushInterval: 1000 });
   c.increment('c', {}, 1);
   mock.timers.tick(1000);
-  assert.equal(b.beacons[0].url, 'https://b.example/pum/record');
+  assert.equal(base(b.beacons[0].url), 'https://b.example/pum/record');
 });
 
 test('flushes when the page turns hidden, without any interval tick', () => {
@@ -222,7 +229,7 @@ test('falls back to fetch keepalive when sendBeacon refuses, text/plain body', a
   assert.equal(b.beacons.length, 1);
   assert.equal(b.fetches.length, 1);
   const { url, init } = b.fetches[0];
-  assert.equal(url, 'http://h/record');
+  assert.equal(base(url), 'http://h/record');
   assert.equal(init.method, 'POST');
   assert.equal(init.keepalive, true);
   assert.equal(init.credentials, 'omit');
@@ -268,6 +275,7 @@ test('a failed fetch is retried once, after 1 s', async () => {
   await settle();
   assert.equal(b.fetches.length, 2);
   assert.deepEqual(b.fetches[1].body, b.fetches[0].body);
+  assert.equal(b.fetches[1].url, b.fetches[0].url, 'the retry names the same batch');
   mock.timers.tick(600000);
   await settle();
   assert.equal(b.fetches.length, 2, 'only once');
@@ -407,4 +415,20 @@ test('stores nothing: no cookies, no storage', () => {
   b.win.dispatch('load');
   mock.timers.tick(20000);
   assert.deepEqual(touched, []);
+});
+
+test('every batch has its own random id; the retry of a batch reuses it', async () => {
+  install((b = fakeBrowser({ beacon: () => false, fetchImpl: () => Promise.resolve({ status: 503, headers: new Map() }) })));
+  const c = make({ endpoint: 'http://h' });
+  for (let i = 0; i < 3; i++) {
+    c.increment('c', {}, 1);
+    c.flush();
+  }
+  await settle();
+  mock.timers.tick(1000);
+  await settle();
+  assert.equal(b.fetches.length, 6);
+  const ids = b.fetches.map((f) => /batch=([0-9a-f]{32})$/.exec(f.url)[1]);
+  assert.equal(new Set(ids).size, 3, 'three batches, three ids');
+  assert.deepEqual(ids.slice(3), ids.slice(0, 3), 'each retry reuses its batch id');
 });

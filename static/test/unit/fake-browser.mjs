@@ -89,6 +89,8 @@ export function fakeBrowser({
     document,
     navigator,
     performance,
+    // Browsers have Web Crypto, which names each batch.
+    crypto: globalThis.crypto,
     fetch: (url, init) => {
       fetches.push({ url, init, body: JSON.parse(init.body) });
       return fetchImpl(url, init);

@@ -1,13 +1,13 @@
-//! A local DynamoDB-compatible server for tests and benchmarks (feature `testing`).
+//! A local DynamoDB for tests and benchmarks (feature `testing`).
 //!
-//! [`LocalDynamo`] runs `testing/local_dynamodb.py`: moto's DynamoDB served one request at a time
-//! (so `ADD` is exact under concurrent clients, as in DynamoDB), with its tables kept in a file
-//! across a kill, on 127.0.0.1 and a free port. It needs `python3` with `moto[server]` (set
-//! `PUM_PYTHON` to use another interpreter). The server is killed when the value is dropped.
+//! [`LocalDynamo`] runs `testing/local_dynamodb.py`: Amazon's DynamoDB Local behind a proxy that
+//! counts requests, with its tables kept in a directory across a kill, on 127.0.0.1 and a free
+//! port. It needs `python3`, Java 17 or later, and `npm ci` run in `stores/dynamodb/testing`
+//! (`edge/lambda/test.sh` sees to both; set `PUM_PYTHON` to use another interpreter). The server
+//! is killed when the value is dropped.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,32 +23,20 @@ pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testing/local_dyn
 /// The region tests sign with and write as.
 pub const REGION: &str = "eu-west-1";
 
-/// A running local DynamoDB-compatible server.
+/// A running local DynamoDB.
 pub struct LocalDynamo {
     child: Option<Child>,
     port: u16,
-    threaded: bool,
-    state: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl LocalDynamo {
-    /// Starts a server that serves one request at a time and keeps its tables across a kill.
+    /// Starts a server that keeps its tables across a kill.
     pub fn start() -> LocalDynamo {
-        Self::start_with(false)
-    }
-
-    /// Starts a server; `threaded` is moto's default, which loses concurrent `ADD`s (for showing
-    /// that the exactness tests can fail).
-    pub fn start_with(threaded: bool) -> LocalDynamo {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("tables.pickle");
         let mut server = LocalDynamo {
             child: None,
             port: 0,
-            threaded,
-            state,
-            _dir: dir,
+            dir: tempfile::tempdir().expect("tempdir"),
         };
         server.spawn();
         server
@@ -58,13 +46,10 @@ impl LocalDynamo {
         let python = std::env::var("PUM_PYTHON").unwrap_or_else(|_| "python3".into());
         let mut cmd = Command::new(python);
         cmd.arg(SCRIPT)
-            .args(["--port", &self.port.to_string(), "--state"])
-            .arg(&self.state)
+            .args(["--port", &self.port.to_string(), "--db-path"])
+            .arg(self.dir.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if self.threaded {
-            cmd.arg("--threaded");
-        }
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("python3 runs testing/local_dynamodb.py");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -81,13 +66,13 @@ impl LocalDynamo {
             }
             for _ in lines {}
         });
-        let port = match rx.recv_timeout(Duration::from_secs(90)) {
+        let port = match rx.recv_timeout(Duration::from_secs(150)) {
             Ok(port) => port,
             Err(_) => {
                 let _ = child.kill();
                 panic!(
-                    "the local DynamoDB server did not start (is moto[server] installed? \
-                     `pip install 'moto[server]'`)"
+                    "DynamoDB Local did not start (are Java 17 and `npm ci` in \
+                     stores/dynamodb/testing there? edge/lambda/test.sh installs both)"
                 );
             }
         };
@@ -105,7 +90,7 @@ impl LocalDynamo {
         self.port
     }
 
-    /// SIGKILL: the server stops answering at once.
+    /// SIGKILL: the server stops answering at once (DynamoDB Local dies with its wrapper).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -172,7 +157,8 @@ impl LocalDynamo {
         store
     }
 
-    /// The server's request counts by operation (and `TransactWriteItems.items`), as JSON.
+    /// The server's request counts by operation, and `TransactWriteItems.items` (items the
+    /// transactions carried), as JSON.
     pub fn stats(&self) -> String {
         self.control("GET")
     }
@@ -197,19 +183,12 @@ impl LocalDynamo {
             .unwrap_or_default()
     }
 
-    /// One count from [`LocalDynamo::stats`].
-    pub fn stat(&self, name: &str) -> u64 {
-        let stats = self.stats();
-        let needle = format!("\"{name}\": ");
-        stats
-            .find(&needle)
-            .and_then(|i| {
-                stats[i + needle.len()..]
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()
-                    .and_then(|n| n.parse().ok())
-            })
-            .unwrap_or(0)
+    /// One count from [`LocalDynamo::stats`] (0 if there is none yet).
+    pub fn stat(&self, name: &str) -> f64 {
+        serde_json::from_str::<serde_json::Value>(&self.stats())
+            .ok()
+            .and_then(|v| v.get(name).and_then(serde_json::Value::as_f64))
+            .unwrap_or(0.0)
     }
 }
 

@@ -1,18 +1,20 @@
-//! The store conformance suite, and DynamoDB-specific properties, against a local
-//! DynamoDB-compatible server (moto, one request at a time: see `testing/local_dynamodb.py`).
+//! The store conformance suite, and DynamoDB-specific properties, against DynamoDB Local
+//! (Amazon's emulator, behind a proxy that counts writes: see `testing/local_dynamodb.py`).
 //!
-//! Why this server: the store writes each push as one `TransactWriteItems`, which dynalite does
-//! not implement. moto does; its `ADD` is exact once requests are served one at a time, which is
-//! what DynamoDB guarantees per item. The concurrency in these tests is real on the client side
-//! (16 tasks merging at once); the ignored `threaded_moto_loses_counts_so_the_suite_can_fail`
-//! shows what the exactness check catches on moto's default, threaded server.
+//! Why this server: the store writes each push as one `TransactWriteItems` with a conditional
+//! dedupe item, which DynamoDB Local implements with DynamoDB's cancellation reasons, applying
+//! concurrent transactions exactly. The concurrency in these tests is real on the client side
+//! (16 tasks merging at once, 8 pushing the same batch at once); a restart is a new client on the
+//! same tables, and the server itself is killed and restarted in
+//! `a_batch_is_replayed_after_the_server_restarts`.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 
 use pum_dynamodb::DynamoStore;
 use pum_dynamodb::testing::LocalDynamo;
-use pum_shared::conformance::{Harness, delta};
-use pum_shared::{Aggregate, SeriesKey, SeriesValue, Store};
+use pum_shared::conformance::{Harness, allowlist, batch_id, delta, push};
+use pum_shared::{Aggregate, Merged, Read, SeriesKey, SeriesValue, Store};
 
 /// One server for the whole test binary; each harness gets fresh tables.
 fn server() -> &'static LocalDynamo {
@@ -63,28 +65,102 @@ mod dynamodb_store_one_shard_small_pages {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_retried_push_is_counted_once() {
-    let store = server().fresh_store("retry", |_| {}).await;
-    let d = delta(1);
-    store.merge("push-1", &d).await.expect("merge");
-    // The same push again (a retry after a lost answer), concurrently with itself.
-    let a = store.merge("push-1", &d);
-    let b = store.merge("push-1", &d);
-    let (a, b) = tokio::join!(a, b);
-    a.expect("retry succeeds");
-    b.expect("retry succeeds");
-    assert_eq!(store.snapshot().await.expect("snapshot"), d);
-    assert_eq!(
+async fn a_batch_is_replayed_after_the_server_restarts() {
+    let mut server = LocalDynamo::start();
+    let store = server.fresh_store("restart", |_| {}).await;
+    let list = allowlist();
+    let id = batch_id(1);
+    let merged = store.merge(&push(&list, Some(&id), delta(1))).await;
+    assert_eq!(merged.expect("merge"), Merged::Applied);
+    server.kill();
+    assert!(
         store
-            .stats()
-            .already_applied
-            .load(std::sync::atomic::Ordering::Relaxed),
-        2
+            .merge(&push(&list, Some(&id), delta(1)))
+            .await
+            .is_err(),
+        "a store that is down fails the merge"
     );
-    store.merge("push-2", &d).await.expect("merge");
-    let mut twice = d.clone();
-    twice.merge(&d);
-    assert_eq!(store.snapshot().await.expect("snapshot"), twice);
+    server.restart();
+    let store = DynamoStore::new(server.client(), store.settings().clone());
+    let merged = store.merge(&push(&list, Some(&id), delta(1))).await;
+    assert_eq!(merged.expect("merge"), Merged::Replayed);
+    assert_eq!(store.read().await.expect("read").totals(), delta(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dedupe_items_live_in_the_batches_table_with_a_ttl_of_at_least_the_window() {
+    let store = server().fresh_store("dedupe", |_| {}).await;
+    let list = allowlist();
+    let id = batch_id(7);
+    let mut p = push(&list, Some(&id), delta(7));
+    let now_secs = p.now_ms / 1000;
+    store.merge(&p).await.expect("merge");
+    p.batch = None;
+    store.merge(&p).await.expect("merge");
+    let batches = store
+        .client()
+        .scan()
+        .table_name(&store.settings().batch_table)
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("scan");
+    let mut keys = Vec::new();
+    for item in batches.items() {
+        let key = item["pk"].as_s().expect("a string key").clone();
+        let expires: u64 = item["expires"]
+            .as_n()
+            .expect("a number")
+            .parse()
+            .expect("epoch seconds");
+        assert!(
+            expires >= now_secs + pum_shared::batch::WINDOW_MS / 1000,
+            "{key}: expires {expires}"
+        );
+        keys.push(key);
+    }
+    keys.sort();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys[0].starts_with('#'), "a push without an id: {keys:?}");
+    assert_eq!(keys[1], id.as_str());
+    let ttl = store
+        .client()
+        .describe_time_to_live()
+        .table_name(&store.settings().batch_table)
+        .send()
+        .await
+        .expect("describe ttl");
+    let ttl = ttl.time_to_live_description().expect("a TTL");
+    assert_eq!(ttl.attribute_name(), Some("expires"));
+    // The aggregates table holds series and nothing per push.
+    for (pk, _) in store.item_sizes().await.expect("items") {
+        assert!(!pk.contains(id.as_str()), "{pk}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_allowlist_is_written_once_and_read_back() {
+    let store = server().fresh_store("describe", |_| {}).await;
+    let list = allowlist();
+    store.describe(&list).await.expect("describe");
+    store
+        .describe(&list)
+        .await
+        .expect("describing again changes nothing");
+    let other = pum_shared::Allowlist::example();
+    store.describe(&other).await.expect("describe another");
+    let stored = store.read().await.expect("read");
+    let mut want = vec![list.fingerprint(), other.fingerprint()];
+    want.sort();
+    let mut got: Vec<u64> = stored.allowlists.iter().map(|a| a.fingerprint()).collect();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(stored.shards.is_empty(), "allowlist items are not shards");
+    let sizes = store.item_sizes().await.expect("items");
+    assert!(
+        sizes.iter().all(|(pk, _)| pk.starts_with("allowlist:")),
+        "{sizes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -93,16 +169,17 @@ async fn shards_and_regions_are_separate_items_and_sum() {
     let mut settings = first.settings().clone();
     settings.region = "us-east-1".into();
     let second = DynamoStore::new(server().client(), settings);
+    let list = allowlist();
     let mut expected = Aggregate::new();
     for i in 0..40u64 {
         let store = if i % 2 == 0 { &first } else { &second };
         store
-            .merge(&format!("p{i}"), &delta(i))
+            .merge(&push(&list, Some(&batch_id(i)), delta(i)))
             .await
             .expect("merge");
         expected.merge(&delta(i));
     }
-    let shards = first.read_shards().await.expect("read");
+    let shards = first.read().await.expect("read").shards;
     assert!(shards.iter().any(|(s, _)| s.starts_with("eu-west-1#")));
     assert!(shards.iter().any(|(s, _)| s.starts_with("us-east-1#")));
     assert!(shards.len() > 2, "pushes spread over shards: {shards:?}");
@@ -112,7 +189,7 @@ async fn shards_and_regions_are_separate_items_and_sum() {
         total.merge(agg);
     }
     assert_eq!(total, expected);
-    assert_eq!(second.snapshot().await.expect("snapshot"), expected);
+    assert_eq!(second.read().await.expect("read").totals(), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -136,20 +213,16 @@ async fn one_write_per_item_and_one_transaction_per_push() {
         SeriesKey::new("metrics_aggregator_record_total", &[]),
         1_000_000,
     );
-    store.merge("w", &d).await.expect("merge");
+    let list = allowlist();
+    store
+        .merge(&push(&list, Some(&batch_id(1)), d.clone()))
+        .await
+        .expect("merge");
     let stats = store.stats();
-    assert_eq!(
-        stats
-            .transactions
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
-    // a_total, b_seconds, the shared item, the marker: 4 writes for 4 distinct metrics.
-    assert_eq!(
-        stats.item_writes.load(std::sync::atomic::Ordering::Relaxed),
-        4
-    );
-    assert_eq!(store.snapshot().await.expect("snapshot"), d);
+    assert_eq!(stats.transactions.load(Ordering::Relaxed), 1);
+    // a_total, b_seconds, the shared item, the dedupe item: 4 writes for 4 distinct metrics.
+    assert_eq!(stats.item_writes.load(Ordering::Relaxed), 4);
+    assert_eq!(store.read().await.expect("read").totals(), d);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -168,9 +241,13 @@ async fn huge_pushes_are_chunked_and_still_exact() {
             [(m % 3, 7)],
         );
     }
-    store.merge("huge", &d).await.expect("merge");
-    store.merge("huge", &d).await.expect("a retry");
-    assert_eq!(store.snapshot().await.expect("snapshot"), d);
+    let list = allowlist();
+    let id = batch_id(1);
+    let first = store.merge(&push(&list, Some(&id), d.clone())).await;
+    assert_eq!(first.expect("merge"), Merged::Applied);
+    let again = store.merge(&push(&list, Some(&id), d.clone())).await;
+    assert_eq!(again.expect("a replay"), Merged::Replayed);
+    assert_eq!(store.read().await.expect("read").totals(), d);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -195,46 +272,14 @@ async fn type_changes_and_bucket_changes_read_back_as_the_core_merges_them() {
             sum_micros: 4,
         },
     );
+    let list = allowlist();
     let mut expected = Aggregate::new();
-    for (i, d) in [&counter, &hist, &longer].into_iter().enumerate() {
-        store.merge(&i.to_string(), d).await.expect("merge");
+    for d in [&counter, &hist, &longer] {
+        store
+            .merge(&push(&list, None, d.clone()))
+            .await
+            .expect("merge");
         expected.merge(d);
     }
-    assert_eq!(store.snapshot().await.expect("snapshot"), expected);
-}
-
-/// Why the server runs one request at a time: moto's default threaded server interleaves its
-/// read-modify-write `ADD`s (and its transaction rollbacks) and loses increments. How many it
-/// loses depends on thread scheduling, so this is a demonstration run by hand
-/// (`cargo test -p pum-dynamodb --test conformance -- --ignored`), not a test that gates.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "a demonstration whose outcome depends on thread scheduling"]
-async fn threaded_moto_loses_counts_so_the_suite_can_fail() {
-    let threaded = LocalDynamo::start_with(true);
-    let store = Arc::new(threaded.fresh_store("lossy", |s| s.shards = 1).await);
-    let mut handles = Vec::new();
-    for t in 0..16u64 {
-        let store = Arc::clone(&store);
-        handles.push(tokio::spawn(async move {
-            for i in 0..10 {
-                let mut d = Aggregate::new();
-                d.add_counter(SeriesKey::new("c_total", &[]), 1);
-                // Errors (moto's own conflicts) and losses both show in the total.
-                let _ = store.merge(&format!("{t}-{i}"), &d).await;
-            }
-        }));
-    }
-    for h in handles {
-        h.await.expect("task");
-    }
-    let got = store.snapshot().await.expect("snapshot");
-    let total = match got.get(&SeriesKey::new("c_total", &[])) {
-        Some(SeriesValue::Counter { micros }) => *micros,
-        _ => 0,
-    };
-    assert!(
-        total < 160,
-        "threaded moto happened to keep all 160 increments; the serial server is what makes \
-         the suite's exactness meaningful (got {total})"
-    );
+    assert_eq!(store.read().await.expect("read").totals(), expected);
 }
