@@ -32,7 +32,7 @@ use crate::http::{self, Cors, Response};
 use crate::ingest::{BodyError, Ingest, PushOutcome, RequestContext};
 use crate::ratelimit::{Decision, RateLimit, RateLimiter};
 use crate::reason::Reason;
-use crate::store::{Push, Store, store_push};
+use crate::store::{Merged, Push, Store, store_push};
 
 /// The request method, as far as the ingest tells methods apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -402,6 +402,14 @@ impl<S: Store> App<S> {
             allowlist: self.ingest.allowlist(),
         };
         let (outcome, stored) = store_push(&self.store, &self.ingest, push, outcome).await;
+        // The refusals went into the store only with a delta that was applied: not with a
+        // replay (nothing added) nor with an overflow (its refusal was stored in its place).
+        let carried =
+            matches!(stored, Ok(Merged::Applied)) && outcome.refused != Some(Reason::TotalOverflow);
+        if !carried && limited > 0 {
+            self.limiter().return_refused(limited);
+            self.refusals.store(true, Ordering::Release);
+        }
         match stored {
             Ok(_) if outcome.body.is_empty() => Response {
                 status: outcome.status,
@@ -409,14 +417,8 @@ impl<S: Store> App<S> {
                 body: Cow::Borrowed(""),
             },
             Ok(_) => with_cors(Response::json(outcome.status, outcome.body), cors),
-            Err(_) => {
-                // Nothing of the delta was stored: the next push counts these refusals.
-                if limited > 0 {
-                    self.limiter().return_refused(limited);
-                    self.refusals.store(true, Ordering::Release);
-                }
-                with_cors(http::store_unavailable(), cors)
-            }
+            // Nothing of the delta was stored: the next push counts the refusals.
+            Err(_) => with_cors(http::store_unavailable(), cors),
         }
     }
 }

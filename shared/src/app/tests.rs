@@ -328,6 +328,31 @@ fn rate_limited_pushes_are_refused_unread_and_counted_with_the_next_push() {
     );
 }
 
+#[test]
+fn refusals_carried_by_a_replay_are_not_lost() {
+    let app = App::new(settings("*", 1.0), MemoryStore::new());
+    let client: IpAddr = "192.0.2.9".parse().expect("an address");
+    let push = |who: Option<IpAddr>, query: Option<&'static str>| {
+        let mut req = Request::new(Method::Post, "/record", query);
+        req.client = who;
+        req.content_type = Some("application/json");
+        block(app.handle(&req, BEACON.as_bytes(), NOW))
+    };
+    let batch = Some("batch=replayed-batch-000001");
+    assert_eq!(push(None, batch).status, 200);
+    assert_eq!(push(Some(client), None).status, 200);
+    assert_eq!(push(Some(client), None).status, 429);
+    // A replay stores nothing, so the refusal it would have carried waits for the next push.
+    assert_eq!(push(None, batch).status, 200);
+    let refused = |app: &App<MemoryStore>| {
+        let stored = block(app.store().read()).expect("read").totals();
+        counter(&stored, own::PUSHES_REJECTED, &[("reason", "rate_limited")])
+    };
+    assert_eq!(refused(&app), 0);
+    assert_eq!(push(None, None).status, 200);
+    assert_eq!(refused(&app), 1);
+}
+
 /// A store that fails every write until told otherwise.
 #[derive(Default)]
 struct Flaky {
