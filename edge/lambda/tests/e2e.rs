@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use pum_dynamodb::DynamoStore;
 use pum_dynamodb::testing::{LocalDynamo, REGION};
-use pum_e2e::{Expected, Target, series_of};
+use pum_e2e::{Target, series_of};
 use pum_shared::allowlist::EXAMPLE_ALLOWLIST;
 use pum_shared::corpus::{demo_batch as batch, demo_totals as expected};
 use pum_shared::{Allowlist, Read};
