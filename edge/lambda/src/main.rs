@@ -2,8 +2,8 @@
 //!
 //! Environment, besides the settings every ingest shares ([`pum_lambda::settings`]):
 //!
-//! - `PUM_TABLE` (required): the aggregates table; `PUM_BATCH_TABLE` the batches (dedupe) table
-//!   (default `{PUM_TABLE}-batches`).
+//! - `PUM_TABLE` (required): the aggregates table; `PUM_LOG_TABLE` the log table
+//!   (default `{PUM_TABLE}-log`).
 //! - `PUM_SHARDS`: shards per metric (default 16).
 //! - `AWS_REGION` (set by Lambda): the writer region, part of every key written.
 //! - `PUM_DYNAMODB_ENDPOINT`: an endpoint override, for a local DynamoDB-compatible server.
@@ -46,8 +46,8 @@ async fn init() -> anyhow::Result<App<DynamoStore>> {
         .map(ToString::to_string)
         .context("AWS_REGION is not set")?;
     let mut settings = Settings::new(table, region);
-    if let Some(batches) = var("PUM_BATCH_TABLE").filter(|s| !s.is_empty()) {
-        settings.batch_table = batches;
+    if let Some(log) = var("PUM_LOG_TABLE").filter(|s| !s.is_empty()) {
+        settings.log_table = log;
     }
     if let Some(shards) = var("PUM_SHARDS") {
         settings.shards = shards
@@ -59,7 +59,7 @@ async fn init() -> anyhow::Result<App<DynamoStore>> {
     }
     tracing::info!(
         table = %settings.table,
-        batch_table = %settings.batch_table,
+        log_table = %settings.log_table,
         region = %settings.region,
         shards = settings.shards,
         metrics = config.ingest.allowlist().len(),

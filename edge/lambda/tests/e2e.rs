@@ -203,11 +203,11 @@ impl Deployment {
         std::fs::write(
             &env_file,
             format!(
-                "PUM_TABLE={}\nPUM_BATCH_TABLE={}\nPUM_SHARDS=4\n\
+                "PUM_TABLE={}\nPUM_LOG_TABLE={}\nPUM_SHARDS=4\n\
                  PUM_DYNAMODB_ENDPOINT={}\nAWS_REGION={REGION}\nAWS_ACCESS_KEY_ID=test\n\
                  AWS_SECRET_ACCESS_KEY=test\nAWS_EC2_METADATA_DISABLED=true\nPUM_LOG=warn\n{env}",
                 settings.table,
-                settings.batch_table,
+                settings.log_table,
                 dynamo.endpoint()
             ),
         )

@@ -9,68 +9,66 @@
 //!
 //! Two tables, each with a string partition key `pk` and nothing else:
 //!
-//! - the **aggregates** table, which the collector scans:
+//! - the **log** table: one small item per push, written by the ingest ([`Store::merge`]) with
+//!   one non-transactional conditional `PutItem` (one write unit): `pk` = the push's batch id (a
+//!   random key for a push without one), `record` = the push's delta record
+//!   ([`pum_shared::record`], binary, a few hundred bytes), `region` = the writer's region,
+//!   `expires` = epoch seconds for DynamoDB's TTL, [`pum_shared::batch::WINDOW_MS`] after the push
+//!   (by the later of the push's clock and the store's). Its stream (`NEW_IMAGE`) feeds the fold.
+//!   It is never scanned.
+//! - the **totals** table, which the collector scans:
 //!   - one item per (writer region, shard, group); a group is one metric, or the shared group of
 //!     pum's per-push counters (see [`encode`] for the key and attribute layout). Each series
-//!     component is a top-level number attribute that pushes `ADD` to;
+//!     component is a top-level number attribute that the fold `ADD`s to;
 //!   - one item per allowlist an ingest validated against ([`Store::describe`]): `pk` =
 //!     `allowlist:{fingerprint as 16 hex digits}`, `description` = the allowlist's canonical JSON
-//!     ([`Allowlist::description`]). It is written once, by a conditional put, when an execution
-//!     environment stores its first push; the collector renders from it.
-//! - the **batches** table: one small dedupe item per push (`pk` = the push's batch id, `expires`
-//!   = epoch seconds for DynamoDB's TTL, [`pum_shared::batch::WINDOW_MS`] after the push, by the
-//!   later of the push's clock and the store's). It is never scanned: the collector's reads grow with series, not with pushes.
+//!     ([`Allowlist::description`]). It is written once, by a conditional put; the fold decodes
+//!     records with it and the collector renders from it;
+//!   - one checkpoint per stream shard the fold has applied (`checkpoint:{shard id}`, see
+//!     [`fold`]).
 //!
-//! ## One push, one transaction
+//! ## One push, one write
 //!
-//! [`Store::merge`] writes a push's whole delta in one `TransactWriteItems`: one `Update` per
-//! item the delta touches, plus a `Put` of the push's dedupe item conditioned on
-//! `attribute_not_exists(pk)`. So:
+//! [`Store::merge`] writes the push's log item conditioned on `attribute_not_exists(pk)`. So:
 //!
-//! - **all or nothing**: a failed push changes nothing, as the core's contract asks;
 //! - **a batch counts once**: a push the client named (`POST /record?batch=ID`) is keyed by its
 //!   id, so the same batch again, sent in sequence, at the same time from several execution
-//!   environments, or after any restart, fails the condition: nothing is added and the merge
+//!   environments, or after any restart, fails the condition: nothing is written and the merge
 //!   answers [`Merged::Replayed`]. DynamoDB's TTL deletes the item some time after `expires`
 //!   (usually within days), so a batch is applied at most once for at least the window;
-//! - **retries cannot double count**: a push without an id gets a random one, so the store's
-//!   own retries of it (by the SDK after a lost answer, or by this store after a conflict) are
-//!   recognised too. The transaction also carries a `ClientRequestToken`, which DynamoDB honours
-//!   for 10 minutes on top of the dedupe item;
-//! - **no hot item**: each push picks its shard from its id, so one metric's writes spread
-//!   over `shards` items (each DynamoDB item takes about 1,000 write units a second);
-//! - **no global-table conflicts**: the writer's region is in every aggregates key, so replicas
-//!   never write the same item;
-//! - **writes per push**: one item write per distinct user metric, one for pum's own per-push
-//!   counters (up to four metrics), one dedupe item. A histogram series writes only its touched
-//!   buckets, its last bucket and its sum.
+//! - **retries cannot double count**: a push without an id gets a random key, so the SDK's own
+//!   retry of its write after a lost answer fails the condition too;
+//! - **all or nothing**: the push is one item; the fold applies each log item whole, exactly
+//!   once ([`fold`]), so a push shows in the totals after the fold's batching window;
+//! - **one write unit per push**: the item is under 1 KB for any realistic push.
 //!
-//! Limits: an item update is cut into chunks of at most [`MAX_TERMS_PER_UPDATE`] attributes
-//! (DynamoDB's expression limits); further chunks of a group go to the next shards' items.
-//! A transaction holds at most 100 items; a push that touches more (only with an allowlist of
-//! about a hundred metrics or more, all in one push) is written as several transactions, each
-//! atomic and applied once on its own (dedupe items `{id}#1`, `{id}#2`, ...).
+//! The fold sums each stream batch per totals item and writes the sums with `ADD`, so the
+//! totals items take writes per fold batch, not per push: each region writes only its own items
+//! (no global-table conflicts), and each push's share goes to one of `shards` items per group,
+//! picked from its key.
 //!
-//! Reading ([`Read::read`]) scans the aggregates table page by page: the allowlists, and the
+//! Reading ([`Read::read`]) scans the totals table page by page: the allowlists, and the
 //! totals of each `{region}#{shard}`. The collector folds each shard separately with
 //! `merge_max`, so an eventually consistent read can never make a counter go backwards.
 //!
 //! ## Overflow
 //!
-//! A push's `ADD`s are its fold: they commit in the transaction that acknowledges it, so this
-//! store does not check totals before writing (that would cost a read per push) and never
-//! answers [`StoreError::Overflow`]. A DynamoDB number holds 38 significant digits (about 1e38
+//! A push is acknowledged when its log item is written, before it is folded, so this store does
+//! not check totals before writing (that would cost a read per push) and never answers
+//! [`StoreError::Overflow`]. A DynamoDB number holds 38 significant digits (about 1e38
 //! millionths, 1e32 units), less than a `u128` (3.4e38). What keeps that out of reach is the
 //! start-up check every ingest runs ([`pum_shared::Limits::check`]): no metric may accept values
 //! for which [`pum_shared::limits::PLAUSIBLE_PUSHES`] (10^12) pushes could take a total past
 //! 3.4e38, and each item holds only one region's share of one of `shards` shards. Should an
-//! `ADD` still need a 39th digit, DynamoDB refuses it: the transaction is cancelled, the push is
-//! answered 503 and nothing of it is applied, so no total is ever pinned at a ceiling. Reading
+//! `ADD` still need a 39th digit, DynamoDB refuses it: the fold's transaction is cancelled and
+//! nothing of it is applied, so no total is ever pinned at a ceiling (the fold then fails that
+//! batch until an operator steps in). Reading
 //! sums items with checked arithmetic: a sum past what pum holds is reported as
 //! [`StoreError::Corrupt`], never rounded down to a ceiling.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -79,13 +77,14 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TimeToLiveSpecification,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TimeToLiveSpecification,
 };
 use pum_shared::batch::WINDOW_MS;
 use pum_shared::store::{Merged, Push, Read, Store, Stored};
 use pum_shared::{Allowlist, StoreError};
 
 pub mod encode;
+pub mod fold;
 mod read;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -95,8 +94,14 @@ pub use read::item_size;
 
 /// The partition key attribute of both tables.
 pub const KEY: &str = "pk";
-/// The TTL attribute of the batches table (epoch seconds).
+/// The TTL attribute of the log table (epoch seconds).
 pub const EXPIRES: &str = "expires";
+/// The attribute of a log item that holds the push's delta record (binary).
+pub const RECORD: &str = "record";
+/// The attribute of a log item that names the writer's region.
+pub const REGION: &str = "region";
+/// The start of a fold checkpoint's partition key; the stream shard's id follows.
+pub const CHECKPOINT_PREFIX: &str = "checkpoint:";
 /// The attribute of an allowlist item that holds its description.
 pub const DESCRIPTION: &str = "description";
 /// The start of an allowlist item's partition key; the fingerprint follows.
@@ -110,16 +115,16 @@ pub const MAX_TRANSACTION_ITEMS: usize = 100;
 /// Where and how the store writes.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The aggregates table.
+    /// The totals table.
     pub table: String,
-    /// The batches (dedupe) table.
-    pub batch_table: String,
+    /// The log table, whose stream the fold consumes.
+    pub log_table: String,
     /// The writer's region, put in every key it writes (`AWS_REGION` in a Lambda).
     pub region: String,
     /// Shards per metric. Default 16: each item takes about 1,000 write units a second, so a
     /// region takes about `shards * 1000 / (2 * item KB)` pushes a second of any one metric.
     pub shards: u32,
-    /// How long after a push its dedupe item expires (DynamoDB's TTL deletes it later). Default
+    /// How long after a push its log item expires (DynamoDB's TTL deletes it later). Default
     /// [`WINDOW_MS`], one hour: the window within which a batch id is applied at most once. A
     /// shorter one would break that promise.
     pub batch_ttl: Duration,
@@ -128,20 +133,24 @@ pub struct Settings {
     pub consistent_reads: bool,
     /// Items per scan page; `None` lets DynamoDB fill 1 MB pages.
     pub page_size: Option<i32>,
+    /// Most totals items the fold writes in one transaction, beside its checkpoint. Default
+    /// [`MAX_TRANSACTION_ITEMS`] - 1; tests lower it to make a fold take several transactions.
+    pub fold_chunk_items: usize,
 }
 
 impl Settings {
-    /// Settings for `table` (and `{table}-batches`), written as `region`, with the defaults.
+    /// Settings for `table` (and `{table}-log`), written as `region`, with the defaults.
     pub fn new(table: impl Into<String>, region: impl Into<String>) -> Self {
         let table = table.into();
         Settings {
-            batch_table: format!("{table}-batches"),
+            log_table: format!("{table}-log"),
             table,
             region: region.into(),
             shards: 16,
             batch_ttl: Duration::from_millis(WINDOW_MS),
             consistent_reads: false,
             page_size: None,
+            fold_chunk_items: MAX_TRANSACTION_ITEMS - 1,
         }
     }
 }
@@ -149,15 +158,21 @@ impl Settings {
 /// What the store did, counted since it was created.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// `TransactWriteItems` requests sent (retries included).
-    pub transactions: AtomicU64,
-    /// Item writes of the transactions that succeeded (dedupe items included).
-    pub item_writes: AtomicU64,
+    /// Log items written (one per push applied).
+    pub log_writes: AtomicU64,
     /// Pushes applied.
     pub applied: AtomicU64,
     /// Pushes found applied before (a batch sent again, or a retry).
     pub replayed: AtomicU64,
-    /// Transactions retried after a conflict or throttling.
+    /// The fold's `TransactWriteItems` requests sent (retries included).
+    pub transactions: AtomicU64,
+    /// Item writes of the fold's transactions that succeeded (checkpoints included).
+    pub item_writes: AtomicU64,
+    /// Log records the fold applied.
+    pub folded: AtomicU64,
+    /// Log records the fold found applied before (a batch delivered again).
+    pub fold_skipped: AtomicU64,
+    /// Fold transactions retried after a conflict or throttling.
     pub retried: AtomicU64,
     /// Scan pages read.
     pub scan_pages: AtomicU64,
@@ -198,6 +213,8 @@ pub struct DynamoStore {
     client: Client,
     settings: Arc<Settings>,
     stats: Arc<Stats>,
+    /// Allowlists described (by this process) or read back (by the fold), by fingerprint.
+    allowlists: Arc<Mutex<HashMap<u64, Allowlist>>>,
 }
 
 impl DynamoStore {
@@ -207,6 +224,7 @@ impl DynamoStore {
             client,
             settings: Arc::new(settings),
             stats: Arc::default(),
+            allowlists: Arc::default(),
         }
     }
 
@@ -230,13 +248,20 @@ impl DynamoStore {
         &self.client
     }
 
-    /// Creates both tables (on-demand, TTL on the batches table). For local servers and tests;
+    /// Creates both tables (on-demand; TTL and a `NEW_IMAGE` stream on the log table). For local servers and tests;
     /// in AWS, `template.yaml` creates them.
     pub async fn create_tables(&self) -> Result<(), StoreError> {
-        for table in [&self.settings.table, &self.settings.batch_table] {
+        for table in [&self.settings.table, &self.settings.log_table] {
+            let stream = (table == &self.settings.log_table).then(|| {
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewImage)
+                    .build()
+            });
             self.client
                 .create_table()
                 .table_name(table)
+                .set_stream_specification(stream.transpose().map_err(unavailable)?)
                 .billing_mode(BillingMode::PayPerRequest)
                 .attribute_definitions(
                     AttributeDefinition::builder()
@@ -258,7 +283,7 @@ impl DynamoStore {
         }
         self.client
             .update_time_to_live()
-            .table_name(&self.settings.batch_table)
+            .table_name(&self.settings.log_table)
             .time_to_live_specification(
                 TimeToLiveSpecification::builder()
                     .attribute_name(EXPIRES)

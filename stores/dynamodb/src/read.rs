@@ -1,4 +1,4 @@
-//! The read path: one scan of the aggregates table, page by page, into every shard's totals and
+//! The read path: one scan of the totals table, page by page, into every shard's totals and
 //! every allowlist described.
 
 use std::collections::{BTreeMap, HashMap};
@@ -9,10 +9,10 @@ use pum_shared::store::Stored;
 use pum_shared::{Aggregate, Allowlist, StoreError};
 
 use crate::encode::{self, SeriesBuilder};
-use crate::{ALLOWLIST_PREFIX, DESCRIPTION, DynamoStore, KEY, unavailable};
+use crate::{ALLOWLIST_PREFIX, CHECKPOINT_PREFIX, DESCRIPTION, DynamoStore, KEY, unavailable};
 
 impl DynamoStore {
-    /// Scans the aggregates table.
+    /// Scans the totals table.
     pub(crate) async fn scan(&self) -> Result<Stored, StoreError> {
         let mut shards: BTreeMap<String, SeriesBuilder> = BTreeMap::new();
         let mut allowlists: BTreeMap<String, Allowlist> = BTreeMap::new();
@@ -36,6 +36,8 @@ impl DynamoStore {
                 };
                 if pk.starts_with(ALLOWLIST_PREFIX) {
                     allowlists.insert(pk.clone(), read_allowlist(pk, item)?);
+                } else if pk.starts_with(CHECKPOINT_PREFIX) {
+                    // The fold's own bookkeeping.
                 } else {
                     read_item(pk, item, &mut shards)?;
                 }
@@ -61,7 +63,7 @@ impl DynamoStore {
         })
     }
 
-    /// Every aggregates item with its size in bytes as DynamoDB bills it (attribute names plus
+    /// Every totals item with its size in bytes as DynamoDB bills it (attribute names plus
     /// values), for benchmarks and the cost figures in `docs/aws.md`.
     pub async fn item_sizes(&self) -> Result<Vec<(String, usize)>, StoreError> {
         let mut out = Vec::new();

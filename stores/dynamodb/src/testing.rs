@@ -5,17 +5,27 @@
 //! port. It needs `python3`, Java 17 or later, and `npm ci` run in `stores/dynamodb/testing`
 //! (`edge/lambda/test.sh` sees to both; set `PUM_PYTHON` to use another interpreter). The server
 //! is killed when the value is dropped.
+//!
+//! [`StreamPoller`] reads the log table's stream from that server and stands in for Lambda's
+//! event source mapping; [`FoldedStore`] is a store whose merge writes the log item and then
+//! folds the stream with it, as the ingest and the fold function do in AWS.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read as _, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{Credentials, Region};
+use aws_sdk_dynamodbstreams as streams;
+use pum_shared::store::{Merged, Push, Read, Store, Stored};
+use pum_shared::{Allowlist, StoreError};
 
-use crate::{DynamoStore, Settings};
+use crate::fold::{Folded, LogRecord};
+use crate::{DynamoStore, KEY, RECORD, REGION as REGION_ATTRIBUTE, Settings, unavailable};
 
 /// The launcher script.
 pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testing/local_dynamodb.py");
@@ -137,6 +147,24 @@ impl LocalDynamo {
         Client::from_conf(config)
     }
 
+    /// A client of the server's DynamoDB Streams API, with static test credentials.
+    pub fn streams_client(&self) -> streams::Client {
+        let config = streams::Config::builder()
+            .behavior_version(streams::config::BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(Credentials::new("test", "test", None, None, "pum-test"))
+            .http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https(),
+            )
+            .build();
+        streams::Client::from_conf(config)
+    }
+
     /// A store over fresh tables with a unique name (`{prefix}-{n}`), created now.
     pub async fn fresh_store(
         &self,
@@ -195,5 +223,199 @@ impl LocalDynamo {
 impl Drop for LocalDynamo {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Reads the log table's stream as Lambda's event source mapping would: every shard, in order,
+/// each record handed on once per poller (a new poller starts again from the oldest record,
+/// which is a re-delivery of everything: the fold's checkpoints must make it harmless).
+///
+/// It stands in for the mapping in tests only: it has no batching window, no retries and no
+/// parallelism of its own.
+pub struct StreamPoller {
+    client: streams::Client,
+    stream_arn: String,
+    /// The last sequence number handed on, by shard.
+    after: HashMap<String, String>,
+}
+
+impl StreamPoller {
+    /// A poller of `store`'s log table on `server`.
+    pub async fn new(server: &LocalDynamo, store: &DynamoStore) -> StreamPoller {
+        let table = store
+            .client()
+            .describe_table()
+            .table_name(&store.settings().log_table)
+            .send()
+            .await
+            .expect("the log table is there");
+        let stream_arn = table
+            .table()
+            .and_then(|t| t.latest_stream_arn())
+            .expect("the log table has a stream")
+            .to_owned();
+        StreamPoller {
+            client: server.streams_client(),
+            stream_arn,
+            after: HashMap::new(),
+        }
+    }
+
+    /// Every record not handed on yet, by shard, each shard's in order.
+    pub async fn poll(&mut self) -> Result<Vec<(String, Vec<LogRecord>)>, StoreError> {
+        let mut shards = Vec::new();
+        let mut start: Option<String> = None;
+        loop {
+            let described = self
+                .client
+                .describe_stream()
+                .stream_arn(&self.stream_arn)
+                .set_exclusive_start_shard_id(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            let Some(d) = described.stream_description() else {
+                break;
+            };
+            shards.extend(
+                d.shards()
+                    .iter()
+                    .filter_map(|s| s.shard_id().map(str::to_owned)),
+            );
+            match d.last_evaluated_shard_id() {
+                Some(last) => start = Some(last.to_owned()),
+                None => break,
+            }
+        }
+        let mut out = Vec::new();
+        for shard in shards {
+            let records = self.poll_shard(&shard).await?;
+            if !records.is_empty() {
+                out.push((shard, records));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn poll_shard(&mut self, shard: &str) -> Result<Vec<LogRecord>, StoreError> {
+        let request = self
+            .client
+            .get_shard_iterator()
+            .stream_arn(&self.stream_arn)
+            .shard_id(shard);
+        let request = match self.after.get(shard) {
+            Some(seq) => request
+                .shard_iterator_type(streams::types::ShardIteratorType::AfterSequenceNumber)
+                .sequence_number(seq),
+            None => request.shard_iterator_type(streams::types::ShardIteratorType::TrimHorizon),
+        };
+        let mut iterator = request
+            .send()
+            .await
+            .map_err(unavailable)?
+            .shard_iterator()
+            .map(str::to_owned);
+        let mut out = Vec::new();
+        while let Some(it) = iterator.take() {
+            let got = self
+                .client
+                .get_records()
+                .shard_iterator(it)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            if got.records().is_empty() {
+                break;
+            }
+            for r in got.records() {
+                let Some(change) = r.dynamodb() else { continue };
+                let Some(sequence) = change.sequence_number() else {
+                    continue;
+                };
+                self.after.insert(shard.to_owned(), sequence.to_owned());
+                out.push(log_record(r, change, sequence));
+            }
+            iterator = got.next_shard_iterator().map(str::to_owned);
+        }
+        Ok(out)
+    }
+}
+
+fn log_record(
+    r: &streams::types::Record,
+    change: &streams::types::StreamRecord,
+    sequence: &str,
+) -> LogRecord {
+    use streams::types::AttributeValue as V;
+    let image = change.new_image();
+    let string = |name: &str| match image.and_then(|i| i.get(name)) {
+        Some(V::S(s)) => s.clone(),
+        _ => String::new(),
+    };
+    LogRecord {
+        sequence: sequence.to_owned(),
+        insert: r.event_name() == Some(&streams::types::OperationType::Insert),
+        key: string(KEY),
+        region: string(REGION_ATTRIBUTE),
+        record: match image.and_then(|i| i.get(RECORD)) {
+            Some(V::B(b)) => b.as_ref().to_vec(),
+            _ => Vec::new(),
+        },
+    }
+}
+
+/// A store whose merge writes the push's log item and then folds the log's stream (through a
+/// [`StreamPoller`]): what the ingest and the fold function do together, so that the store
+/// conformance suite holds of the pair.
+#[derive(Clone)]
+pub struct FoldedStore {
+    /// The store the ingest writes with and the fold folds with.
+    pub store: DynamoStore,
+    poller: Arc<tokio::sync::Mutex<StreamPoller>>,
+}
+
+impl FoldedStore {
+    /// `store` folded from its stream on `server`.
+    pub async fn new(server: &LocalDynamo, store: DynamoStore) -> FoldedStore {
+        let poller = StreamPoller::new(server, &store).await;
+        FoldedStore {
+            store,
+            poller: Arc::new(tokio::sync::Mutex::new(poller)),
+        }
+    }
+
+    /// Folds whatever the stream holds that this store's poller has not handed on yet. One fold
+    /// at a time, as the event source mapping runs one invocation per shard at a time.
+    pub async fn fold_now(&self) -> Result<Folded, StoreError> {
+        let mut poller = self.poller.lock().await;
+        let mut total = Folded::default();
+        for (shard, records) in poller.poll().await? {
+            let folded = self
+                .store
+                .fold(&shard, &records, crate::write::wall_clock_ms())
+                .await?;
+            total.applied += folded.applied;
+            total.skipped += folded.skipped;
+            total.chunks += folded.chunks;
+        }
+        Ok(total)
+    }
+}
+
+impl Read for FoldedStore {
+    async fn read(&self) -> Result<Stored, StoreError> {
+        self.store.read().await
+    }
+}
+
+impl Store for FoldedStore {
+    async fn merge(&self, push: &Push<'_>) -> Result<Merged, StoreError> {
+        let merged = self.store.merge(push).await?;
+        self.fold_now().await?;
+        Ok(merged)
+    }
+
+    async fn describe(&self, allowlist: &Allowlist) -> Result<(), StoreError> {
+        self.store.describe(allowlist).await
     }
 }

@@ -1,20 +1,25 @@
-//! The store conformance suite, and DynamoDB-specific properties, against DynamoDB Local
-//! (Amazon's emulator, behind a proxy that counts writes: see `testing/local_dynamodb.py`).
+//! The store conformance suite, the fold's exactness, and DynamoDB-specific properties, against
+//! DynamoDB Local (Amazon's emulator, behind a proxy that counts writes: see
+//! `testing/local_dynamodb.py`).
 //!
-//! Why this server: the store writes each push as one `TransactWriteItems` with a conditional
-//! dedupe item, which DynamoDB Local implements with DynamoDB's cancellation reasons, applying
-//! concurrent transactions exactly. The concurrency in these tests is real on the client side
-//! (16 tasks merging at once, 8 pushing the same batch at once); a restart is a new client on the
-//! same tables, and the server itself is killed and restarted in
+//! Why this server: the ingest writes each push as one conditional `PutItem` of its log item, and
+//! the fold applies the log's stream in `TransactWriteItems` conditioned on a checkpoint, both of
+//! which DynamoDB Local implements with DynamoDB's conditions and cancellation reasons; it also
+//! has Streams. The fold here is driven from the server's real stream records by
+//! [`StreamPoller`], which stands in for Lambda's event source mapping. The concurrency in these
+//! tests is real on the client side (16 tasks merging at once, 8 pushing the same batch at once);
+//! a restart is a new client and a new poller (which delivers the whole stream again) on the same
+//! tables, and the server itself is killed and restarted in
 //! `a_batch_is_replayed_after_the_server_restarts`.
 
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 
 use pum_dynamodb::DynamoStore;
-use pum_dynamodb::testing::LocalDynamo;
+use pum_dynamodb::fold::LogRecord;
+use pum_dynamodb::testing::{FoldedStore, LocalDynamo, StreamPoller};
 use pum_shared::conformance::{Harness, allowlist, batch_id, delta, push};
-use pum_shared::{Aggregate, Merged, Read, SeriesKey, SeriesValue, Store};
+use pum_shared::{Aggregate, Allowlist, Merged, Read, SeriesKey, Store};
 
 /// One server for the whole test binary; each harness gets fresh tables.
 fn server() -> &'static LocalDynamo {
@@ -25,25 +30,28 @@ fn server() -> &'static LocalDynamo {
 struct Dynamo {
     shards: u32,
     page_size: Option<i32>,
+    chunk: usize,
 }
 
 impl Harness for Dynamo {
-    type S = DynamoStore;
-    async fn open(&mut self) -> DynamoStore {
-        let (shards, page_size) = (self.shards, self.page_size);
-        server()
+    type S = FoldedStore;
+    async fn open(&mut self) -> FoldedStore {
+        let (shards, page_size, chunk) = (self.shards, self.page_size, self.chunk);
+        let store = server()
             .fresh_store("conf", |s| {
                 s.shards = shards;
                 s.page_size = page_size;
+                s.fold_chunk_items = chunk;
             })
-            .await
+            .await;
+        FoldedStore::new(server(), store).await
     }
     /// The store holds no state of its own: a new client on the same tables is a restarted
-    /// Lambda or collector.
-    async fn reopen(&mut self, store: DynamoStore) -> DynamoStore {
-        let settings = store.settings().clone();
+    /// Lambda or collector, and a new poller delivers the whole stream to the fold again.
+    async fn reopen(&mut self, store: FoldedStore) -> FoldedStore {
+        let settings = store.store.settings().clone();
         drop(store);
-        DynamoStore::new(server().client(), settings)
+        FoldedStore::new(server(), DynamoStore::new(server().client(), settings)).await
     }
 }
 
@@ -51,26 +59,149 @@ mod dynamodb_store {
     use super::*;
     pum_shared::store_conformance_tests!(Dynamo {
         shards: 16,
-        page_size: None
+        page_size: None,
+        chunk: 99
     });
 }
 
-/// One shard (every push on the same items) and two-item scan pages (pagination on every read).
-mod dynamodb_store_one_shard_small_pages {
+/// One shard (every push on the same items), two-item scan pages (pagination on every read)
+/// and folds of two items a transaction (checkpoints chained across chunks).
+mod dynamodb_store_one_shard_small_pages_small_chunks {
     use super::*;
     pum_shared::store_conformance_tests!(Dynamo {
         shards: 1,
-        page_size: Some(2)
+        page_size: Some(2),
+        chunk: 2
     });
+}
+
+/// Every record the stream holds so far, by shard.
+async fn stream(store: &DynamoStore) -> Vec<(String, Vec<LogRecord>)> {
+    StreamPoller::new(server(), store)
+        .await
+        .poll()
+        .await
+        .expect("the stream reads")
+}
+
+async fn fold_all(store: &DynamoStore, records: &[(String, Vec<LogRecord>)]) -> (usize, usize) {
+    let (mut applied, mut skipped) = (0, 0);
+    for (shard, recs) in records {
+        let folded = store.fold(shard, recs, 1).await.expect("fold");
+        applied += folded.applied;
+        skipped += folded.skipped;
+    }
+    (applied, skipped)
+}
+
+fn expected(seeds: impl IntoIterator<Item = u64>) -> Aggregate {
+    let mut total = Aggregate::new();
+    for seed in seeds {
+        total.merge(&delta(seed));
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_pushes_fold_exactly_in_one_pass() {
+    let store = server().fresh_store("concurrent", |_| {}).await;
+    let list = std::sync::Arc::new(allowlist());
+    let mut handles = Vec::new();
+    for t in 0..16u64 {
+        let (store, list) = (store.clone(), std::sync::Arc::clone(&list));
+        handles.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let seed = t * 10 + i;
+                let id = batch_id(seed);
+                let batch = seed.is_multiple_of(2).then_some(&id);
+                let merged = store.merge(&push(&list, batch, delta(seed))).await;
+                assert_eq!(merged.expect("merge"), Merged::Applied);
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("task");
+    }
+    assert!(
+        store.read().await.expect("read").totals().is_empty(),
+        "nothing is in the totals before the fold"
+    );
+    let records = stream(&store).await;
+    assert_eq!(fold_all(&store, &records).await, (160, 0));
+    assert_eq!(store.read().await.expect("read").totals(), expected(0..160));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_delivered_twice_is_applied_once() {
+    let store = server().fresh_store("twice", |_| {}).await;
+    let list = allowlist();
+    for seed in 0..30 {
+        store
+            .merge(&push(&list, Some(&batch_id(seed)), delta(seed)))
+            .await
+            .expect("merge");
+    }
+    let records = stream(&store).await;
+    assert_eq!(fold_all(&store, &records).await, (30, 0));
+    assert_eq!(fold_all(&store, &records).await, (0, 30), "delivered again");
+    // A later batch that overlaps the first (re-delivered from an older position).
+    for seed in 30..40 {
+        store
+            .merge(&push(&list, Some(&batch_id(seed)), delta(seed)))
+            .await
+            .expect("merge");
+    }
+    let records = stream(&store).await;
+    assert_eq!(fold_all(&store, &records).await, (10, 30));
+    assert_eq!(store.read().await.expect("read").totals(), expected(0..40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fold_killed_after_its_first_chunk_and_retried_is_exact() {
+    // Two totals items per transaction and 16 shards: 40 pushes take many chunks.
+    let store = server()
+        .fresh_store("killed", |s| s.fold_chunk_items = 2)
+        .await;
+    let list = allowlist();
+    for seed in 0..40 {
+        store
+            .merge(&push(&list, Some(&batch_id(seed)), delta(seed)))
+            .await
+            .expect("merge");
+    }
+    let records = stream(&store).await;
+    assert_eq!(records.len(), 1, "DynamoDB Local: one stream shard");
+    let (shard, recs) = &records[0];
+    let first = store
+        .fold_at_most(shard, recs, 1, 1)
+        .await
+        .expect("the first chunk");
+    assert_eq!(first.chunks, 1);
+    assert!(first.applied >= 1 && first.applied < 40, "{first:?}");
+    let partial = store.read().await.expect("read").totals();
+    assert_ne!(partial, expected(0..40), "the fold stopped part way");
+    assert_eq!(partial, expected(0..first.applied as u64));
+    // The platform retries the whole batch.
+    let retried = store.fold(shard, recs, 2).await.expect("the retry");
+    assert_eq!(retried.applied + first.applied, 40);
+    assert_eq!(retried.skipped, first.applied);
+    assert!(retried.chunks > 1, "{retried:?}");
+    assert_eq!(store.read().await.expect("read").totals(), expected(0..40));
+    let checkpoint = store.read_checkpoint(shard).await.expect("checkpoint");
+    assert_eq!(
+        checkpoint.map(|c| c.sequence),
+        recs.last().map(|r| r.sequence.clone())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_is_replayed_after_the_server_restarts() {
     let mut server = LocalDynamo::start();
     let store = server.fresh_store("restart", |_| {}).await;
+    let folded = FoldedStore::new(&server, store.clone()).await;
     let list = allowlist();
     let id = batch_id(1);
-    let merged = store.merge(&push(&list, Some(&id), delta(1))).await;
+    let merged = folded.merge(&push(&list, Some(&id), delta(1))).await;
     assert_eq!(merged.expect("merge"), Merged::Applied);
     server.kill();
     assert!(
@@ -82,14 +213,15 @@ async fn a_batch_is_replayed_after_the_server_restarts() {
     );
     server.restart();
     let store = DynamoStore::new(server.client(), store.settings().clone());
-    let merged = store.merge(&push(&list, Some(&id), delta(1))).await;
+    let folded = FoldedStore::new(&server, store).await;
+    let merged = folded.merge(&push(&list, Some(&id), delta(1))).await;
     assert_eq!(merged.expect("merge"), Merged::Replayed);
-    assert_eq!(store.read().await.expect("read").totals(), delta(1));
+    assert_eq!(folded.read().await.expect("read").totals(), delta(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dedupe_items_live_in_the_batches_table_with_a_ttl_of_at_least_the_window() {
-    let store = server().fresh_store("dedupe", |_| {}).await;
+async fn log_items_live_in_the_log_table_with_their_record_and_a_ttl_of_at_least_the_window() {
+    let store = server().fresh_store("log", |_| {}).await;
     let list = allowlist();
     let id = batch_id(7);
     let mut p = push(&list, Some(&id), delta(7));
@@ -97,16 +229,16 @@ async fn dedupe_items_live_in_the_batches_table_with_a_ttl_of_at_least_the_windo
     store.merge(&p).await.expect("merge");
     p.batch = None;
     store.merge(&p).await.expect("merge");
-    let batches = store
+    let log = store
         .client()
         .scan()
-        .table_name(&store.settings().batch_table)
+        .table_name(&store.settings().log_table)
         .consistent_read(true)
         .send()
         .await
         .expect("scan");
     let mut keys = Vec::new();
-    for item in batches.items() {
+    for item in log.items() {
         let key = item["pk"].as_s().expect("a string key").clone();
         let expires: u64 = item["expires"]
             .as_n()
@@ -117,6 +249,12 @@ async fn dedupe_items_live_in_the_batches_table_with_a_ttl_of_at_least_the_windo
             expires >= now_secs + pum_shared::batch::WINDOW_MS / 1000,
             "{key}: expires {expires}"
         );
+        assert_eq!(item["region"].as_s().ok(), Some(&store.settings().region));
+        let record = item["record"].as_b().expect("a binary record");
+        let decoded = pum_shared::record::decode(record.as_ref(), &list).expect("decodes");
+        assert_eq!(decoded.delta, delta(7));
+        let size = pum_dynamodb::item_size(item);
+        assert!(size < 1024, "{key}: one write unit, {size} bytes");
         keys.push(key);
     }
     keys.sort();
@@ -126,13 +264,15 @@ async fn dedupe_items_live_in_the_batches_table_with_a_ttl_of_at_least_the_windo
     let ttl = store
         .client()
         .describe_time_to_live()
-        .table_name(&store.settings().batch_table)
+        .table_name(&store.settings().log_table)
         .send()
         .await
         .expect("describe ttl");
     let ttl = ttl.time_to_live_description().expect("a TTL");
     assert_eq!(ttl.attribute_name(), Some("expires"));
-    // The aggregates table holds series and nothing per push.
+    // The totals table holds series and nothing per push.
+    let records = stream(&store).await;
+    fold_all(&store, &records).await;
     for (pk, _) in store.item_sizes().await.expect("items") {
         assert!(!pk.contains(id.as_str()), "{pk}");
     }
@@ -179,6 +319,9 @@ async fn shards_and_regions_are_separate_items_and_sum() {
             .expect("merge");
         expected.merge(&delta(i));
     }
+    // One fold serves both regions' log items, each into its own region's items.
+    let records = stream(&first).await;
+    assert_eq!(fold_all(&first, &records).await, (40, 0));
     let shards = first.read().await.expect("read").shards;
     assert!(shards.iter().any(|(s, _)| s.starts_with("eu-west-1#")));
     assert!(shards.iter().any(|(s, _)| s.starts_with("us-east-1#")));
@@ -193,43 +336,50 @@ async fn shards_and_regions_are_separate_items_and_sum() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_write_per_item_and_one_transaction_per_push() {
+async fn one_log_write_per_push_and_one_fold_transaction_per_batch() {
     let store = server().fresh_store("writes", |_| {}).await;
-    // Three metrics: a counter with two series, a histogram, and two of pum's per-push counters
-    // (which share one item).
-    let mut d = Aggregate::new();
-    d.add_counter(SeriesKey::new("a_total", &[("k", "x")]), 1_000_000);
-    d.add_counter(SeriesKey::new("a_total", &[("k", "y")]), 2_000_000);
-    d.observe_all(
-        SeriesKey::new("b_seconds", &[]),
-        5,
-        [(1, 300_000), (4, 9_000_000)],
-    );
-    d.add_counter(
-        SeriesKey::new("pum_pushes_total", &[("result", "accepted")]),
-        1_000_000,
-    );
-    d.add_counter(
-        SeriesKey::new("metrics_aggregator_record_total", &[]),
-        1_000_000,
-    );
     let list = allowlist();
-    store
-        .merge(&push(&list, Some(&batch_id(1)), d.clone()))
-        .await
-        .expect("merge");
+    for seed in 0..20 {
+        store
+            .merge(&push(&list, Some(&batch_id(seed)), delta(seed)))
+            .await
+            .expect("merge");
+    }
     let stats = store.stats();
+    assert_eq!(stats.log_writes.load(Ordering::Relaxed), 20);
+    assert_eq!(stats.transactions.load(Ordering::Relaxed), 0);
+    // 20 pushes over 16 shards of two metrics: at most 32 totals items, one transaction.
+    let records = stream(&store).await;
+    assert_eq!(fold_all(&store, &records).await, (20, 0));
     assert_eq!(stats.transactions.load(Ordering::Relaxed), 1);
-    // a_total, b_seconds, the shared item, the dedupe item: 4 writes for 4 distinct metrics.
-    assert_eq!(stats.item_writes.load(Ordering::Relaxed), 4);
-    assert_eq!(store.read().await.expect("read").totals(), d);
+    let items = stats.item_writes.load(Ordering::Relaxed);
+    assert!((3..=33).contains(&items), "{items} item writes");
+    assert_eq!(store.read().await.expect("read").totals(), expected(0..20));
+}
+
+/// An allowlist with one metric of 600 label values and 120 histograms: a push can touch more
+/// totals items than one transaction holds.
+fn huge_allowlist() -> Allowlist {
+    let values: Vec<String> = (0..600).map(|i| format!("\"v{i}\"")).collect();
+    let mut metrics = vec![format!(
+        r#"{{"name": "many_total", "help": "Many.", "type": "counter",
+            "labels": [{{"name": "k", "allowedValues": [{}]}}]}}"#,
+        values.join(",")
+    )];
+    for m in 0..120 {
+        metrics.push(format!(
+            r#"{{"name": "m{m}_seconds", "help": "M.", "type": "histogram", "buckets": [1, 2]}}"#
+        ));
+    }
+    let text = format!(r#"{{"allowedMetrics": [{}]}}"#, metrics.join(","));
+    Allowlist::compile([("huge", text.as_str())], false).expect("compiles")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn huge_pushes_are_chunked_and_still_exact() {
+async fn huge_pushes_are_folded_in_parts_and_still_exact() {
     let store = server().fresh_store("huge", |s| s.shards = 2).await;
     let mut d = Aggregate::new();
-    // 600 series of one metric: three chunks of one group, on three items.
+    // 600 series of one metric: six items of one group.
     for i in 0..600 {
         d.add_counter(SeriesKey::new("many_total", &[("k", &format!("v{i}"))]), i);
     }
@@ -241,45 +391,27 @@ async fn huge_pushes_are_chunked_and_still_exact() {
             [(m % 3, 7)],
         );
     }
-    let list = allowlist();
+    let list = huge_allowlist();
     let id = batch_id(1);
     let first = store.merge(&push(&list, Some(&id), d.clone())).await;
     assert_eq!(first.expect("merge"), Merged::Applied);
     let again = store.merge(&push(&list, Some(&id), d.clone())).await;
     assert_eq!(again.expect("a replay"), Merged::Replayed);
-    assert_eq!(store.read().await.expect("read").totals(), d);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn type_changes_and_bucket_changes_read_back_as_the_core_merges_them() {
-    let store = server().fresh_store("types", |s| s.shards = 1).await;
-    let key = SeriesKey::new("x", &[]);
-    let mut counter = Aggregate::new();
-    counter.add_counter(key.clone(), 5);
-    let mut hist = Aggregate::new();
-    hist.add_value(
-        key.clone(),
-        SeriesValue::Histogram {
-            buckets: vec![1, 0, 0],
-            sum_micros: 3,
-        },
-    );
-    let mut longer = Aggregate::new();
-    longer.add_value(
-        key.clone(),
-        SeriesValue::Histogram {
-            buckets: vec![0, 0, 0, 0, 2],
-            sum_micros: 4,
-        },
-    );
-    let list = allowlist();
-    let mut expected = Aggregate::new();
-    for d in [&counter, &hist, &longer] {
-        store
-            .merge(&push(&list, None, d.clone()))
-            .await
-            .expect("merge");
-        expected.merge(d);
-    }
-    assert_eq!(store.read().await.expect("read").totals(), expected);
+    store
+        .merge(&push(&list, Some(&batch_id(2)), d.clone()))
+        .await
+        .expect("merge");
+    let records = stream(&store).await;
+    let (shard, recs) = &records[0];
+    // Killed after the first part of the first record, then retried: still exact.
+    let part = store.fold_at_most(shard, recs, 1, 1).await.expect("fold");
+    assert_eq!((part.applied, part.chunks), (0, 1));
+    let rest = store.fold(shard, recs, 2).await.expect("fold");
+    assert_eq!(rest.applied, 2);
+    assert!(rest.chunks >= 3, "{rest:?}");
+    let mut want = d.clone();
+    want.merge(&d);
+    assert_eq!(store.read().await.expect("read").totals(), want);
+    assert_eq!(store.fold(shard, recs, 3).await.expect("fold").skipped, 2);
+    assert_eq!(store.read().await.expect("read").totals(), want);
 }
