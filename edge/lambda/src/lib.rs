@@ -22,6 +22,12 @@
 //! Configuration is the settings every ingest shares ([`pum_shared::settings`]: `PUM_ALLOWLIST_JSON`,
 //! `PUM_BROWSER_PACK`, `PUM_ALLOWED_ORIGINS`, `PUM_RATE_*`), read once per cold start
 //! ([`settings`]), plus the store's own variables (see `main.rs`).
+//!
+//! The crate's second binary, `pum-fold` (`src/bin/fold.rs`), is the fold function: it consumes
+//! the log table's stream ([`stream`]) and merges it into the totals with
+//! [`pum_dynamodb::DynamoStore::fold`].
+
+pub mod stream;
 
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
