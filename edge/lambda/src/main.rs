@@ -2,10 +2,10 @@
 //!
 //! Environment, besides the settings every ingest shares ([`pum_lambda::settings`]):
 //!
-//! - `PUM_TABLE` (required): the aggregates table; `PUM_LOG_TABLE` the log table
+//! - `PUM_TABLE` (required): the aggregates table (the allowlist's item); `PUM_LOG_TABLE` the log table
 //!   (default `{PUM_TABLE}-log`).
-//! - `PUM_SHARDS`: shards per metric (default 16).
-//! - `AWS_REGION` (set by Lambda): the writer region, part of every key written.
+//! - `AWS_REGION` (set by Lambda): the writer region, written in every log item (the fold keys
+//!   the region's aggregates by it).
 //! - `PUM_DYNAMODB_ENDPOINT`: an endpoint override, for a local DynamoDB-compatible server.
 //! - `PUM_LOG`: log filter (default `info`).
 
@@ -49,19 +49,10 @@ async fn init() -> anyhow::Result<App<DynamoStore>> {
     if let Some(log) = var("PUM_LOG_TABLE").filter(|s| !s.is_empty()) {
         settings.log_table = log;
     }
-    if let Some(shards) = var("PUM_SHARDS") {
-        settings.shards = shards
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .context("PUM_SHARDS must be a number from 1 to 1000")?;
-    }
     tracing::info!(
         table = %settings.table,
         log_table = %settings.log_table,
         region = %settings.region,
-        shards = settings.shards,
         metrics = config.ingest.allowlist().len(),
         rate_limit = config.rate_limit.per_second,
         rate_burst = config.rate_limit.burst,

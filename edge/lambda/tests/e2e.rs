@@ -221,7 +221,7 @@ impl Deployment {
     /// instances (execution environments).
     async fn start(env: &str, concurrency: usize) -> Deployment {
         let dynamo = LocalDynamo::start();
-        let reader = dynamo.fresh_store("pum-e2e", |_| {}).await;
+        let reader = dynamo.fresh_store("pum-e2e", |s| s.shards = 4).await;
         let reader = FoldedStore::new(&dynamo, reader).await;
         let fold = FoldLoop::start(reader.clone());
         let settings = reader.store.settings();
@@ -231,7 +231,7 @@ impl Deployment {
         std::fs::write(
             &env_file,
             format!(
-                "PUM_TABLE={}\nPUM_LOG_TABLE={}\nPUM_SHARDS=4\n\
+                "PUM_TABLE={}\nPUM_LOG_TABLE={}\n\
                  PUM_DYNAMODB_ENDPOINT={}\nAWS_REGION={REGION}\nAWS_ACCESS_KEY_ID=test\n\
                  AWS_SECRET_ACCESS_KEY=test\nAWS_EC2_METADATA_DISABLED=true\nPUM_LOG=warn\n{env}",
                 settings.table,
@@ -520,12 +520,7 @@ async fn one_client_is_rate_limited_and_another_is_not(d: &Deployment) {
         assert_eq!(body, json!({"accepted": 3, "rejected": []}));
     }
     // 4 pushes stored, 2 refused: the refusals wrote nothing.
-    assert_eq!(
-        d.dynamo.stat("PutItem"),
-        4.0,
-        "{}",
-        d.dynamo.stats()
-    );
+    assert_eq!(d.dynamo.stat("PutItem"), 4.0, "{}", d.dynamo.stats());
     let after = d.totals().await;
     let mut want = expected(&batches);
     want.extend([accepted(4)]);
