@@ -47,6 +47,7 @@ fn render(c: &mut Criterion) {
     let stored = Stored {
         allowlists: vec![allowlist],
         shards: vec![("embedded".to_owned(), totals)],
+        fold_lag: None,
     };
     let latest = Arc::new(Latest::new(None));
     latest.update(stored.clone(), Instant::now()).expect("fits");

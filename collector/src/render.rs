@@ -36,6 +36,7 @@ struct Inner {
     /// The stored allowlists, oldest first (each once, by fingerprint).
     stored: Vec<Arc<Allowlist>>,
     last_ok: Option<Instant>,
+    fold_lag: Option<std::time::Duration>,
 }
 
 impl Latest {
@@ -80,6 +81,7 @@ impl Latest {
         }
         inner.total = total;
         inner.last_ok = Some(now);
+        inner.fold_lag = read.fold_lag;
         Ok(())
     }
 
@@ -161,6 +163,7 @@ impl AggregateCollector {
         for gauge in [&telemetry.series, &telemetry.series_skipped] {
             descs.extend(gauge.desc().into_iter().cloned());
         }
+        descs.extend(telemetry.fold_lag_seconds.desc().into_iter().cloned());
         AggregateCollector {
             latest,
             telemetry,
@@ -178,8 +181,12 @@ impl Collector for AggregateCollector {
     fn collect(&self) -> Vec<proto::MetricFamily> {
         let mut out = match self.latest.inner.read() {
             Ok(inner) => {
-                let (families, skipped) = families(&self.latest, &inner, &self.telemetry);
+                let (mut families, skipped) = families(&self.latest, &inner, &self.telemetry);
                 self.log_skipped(skipped);
+                if let Some(lag) = inner.fold_lag {
+                    self.telemetry.fold_lag_seconds.set(lag.as_secs_f64());
+                    families.extend(self.telemetry.fold_lag_seconds.collect());
+                }
                 families
             }
             Err(_) => {
@@ -353,6 +360,7 @@ mod tests {
         Stored {
             allowlists,
             shards: vec![("s".to_owned(), totals)],
+            fold_lag: None,
         }
     }
 
@@ -460,6 +468,7 @@ mod tests {
                 Stored {
                     allowlists: vec![],
                     shards,
+                    fold_lag: None,
                 },
                 now,
             )

@@ -1,7 +1,9 @@
 //! pum's own process metrics, made from their one declaration in [`pum_shared::own`] (which also
 //! declares the counters of pushes, samples and rejections, which travel through the store).
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use pum_shared::own::{self, OwnMetric};
 
 /// The collector's own metrics. Cloning shares them.
@@ -22,6 +24,9 @@ pub struct SelfMetrics {
     /// `pum_snapshot_age_seconds`: seconds since the totals were last read successfully from
     /// the store (always 0 for the embedded store, which is read on every scrape).
     pub snapshot_age_seconds: IntGauge,
+    /// `pum_fold_lag_seconds`: how far a folding store's totals trailed at its latest fold;
+    /// reported by the aggregate collector, and only for such a store.
+    pub fold_lag_seconds: Gauge,
     /// `pum_http_connections{listener="ingest"|"metrics"}`: connections open now.
     pub connections: IntGaugeVec,
     /// `pum_http_connections_closed_total{listener, reason}`: connections closed, by why:
@@ -59,6 +64,7 @@ impl SelfMetrics {
             series: gauge(own::SERIES),
             series_skipped: gauge(own::SERIES_SKIPPED),
             snapshot_age_seconds: gauge(own::SNAPSHOT_AGE),
+            fold_lag_seconds: Gauge::with_opts(opts(own::FOLD_LAG)).expect("valid gauge options"),
             connections: IntGaugeVec::new(
                 opts(own::HTTP_CONNECTIONS),
                 &labels(own::HTTP_CONNECTIONS),
@@ -68,9 +74,10 @@ impl SelfMetrics {
         }
     }
 
-    /// Registers every metric in `registry`, except `pum_series` and `pum_series_skipped`: the
-    /// aggregate collector sets and reports those in the same pass that counts them, so they
-    /// are fresh on every scrape (registered apart, they showed the previous scrape's count).
+    /// Registers every metric in `registry`, except `pum_series`, `pum_series_skipped` and
+    /// `pum_fold_lag_seconds`: the aggregate collector sets and reports those in the same pass
+    /// that counts them, so they are fresh on every scrape (registered apart, they showed the
+    /// previous scrape's count), and the lag only for a store that folds.
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
         registry.register(Box::new(self.store_write_seconds.clone()))?;
         registry.register(Box::new(self.store_read_seconds.clone()))?;

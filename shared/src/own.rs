@@ -20,6 +20,106 @@ pub const SAMPLES_REJECTED: &str = "pum_samples_rejected_total";
 pub const PUSHES_REJECTED: &str = "pum_pushes_rejected_total";
 /// The original aggregator's count of recorded pushes, kept so its dashboards keep working.
 pub const RECORD_TOTAL: &str = "metrics_aggregator_record_total";
+/// Billable operations of the platform and the store, by `op` ([`Op`]).
+pub const STORE_OPERATIONS: &str = "pum_store_operations_total";
+
+/// A billable operation counted in [`STORE_OPERATIONS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// DynamoDB write request units (on-demand): 1 per KB of an item written, 2 in a
+    /// transaction.
+    DynamoWriteUnits,
+    /// DynamoDB read request units (on-demand): 1 per 4 KB read strongly consistently, half
+    /// that eventually consistently.
+    DynamoReadUnits,
+    /// Lambda invocations (requests).
+    LambdaInvocations,
+}
+
+impl Op {
+    /// Every op, in label order.
+    pub const ALL: [Op; 3] = [
+        Op::DynamoWriteUnits,
+        Op::DynamoReadUnits,
+        Op::LambdaInvocations,
+    ];
+
+    /// The `op` label's value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Op::DynamoWriteUnits => "dynamodb_write_units",
+            Op::DynamoReadUnits => "dynamodb_read_units",
+            Op::LambdaInvocations => "lambda_invocations",
+        }
+    }
+}
+
+/// Billable operations not yet stored, in millionths (a read unit can be half of one): a store
+/// that carries them in the next write it makes takes them, and gives them back if that write
+/// stores nothing.
+#[derive(Debug, Default)]
+pub struct Operations {
+    pending: std::sync::Mutex<[u128; 3]>,
+}
+
+impl Operations {
+    /// Counts `n` of `op`.
+    pub fn count(&self, op: Op, n: f64) {
+        let n = Self::millionths(n);
+        if n > 0 {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p[op as usize] = p[op as usize].saturating_add(n);
+        }
+    }
+
+    /// Takes what is pending, leaving nothing.
+    pub fn take(&self) -> [u128; 3] {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Gives back what [`Operations::take`] took, for a write that stored nothing.
+    pub fn give_back(&self, taken: [u128; 3]) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (have, back) in p.iter_mut().zip(taken) {
+            *have = have.saturating_add(back);
+        }
+    }
+
+    /// `n` of an op in the millionths [`Operations::take`] gives.
+    pub fn millionths(n: f64) -> u128 {
+        if n.is_finite() && n > 0.0 {
+            (n * ONE as f64).round() as u128
+        } else {
+            0
+        }
+    }
+
+    /// Adds `taken` (millionths, by [`Op`]) to `delta` as [`STORE_OPERATIONS`].
+    pub fn add_to(delta: &mut Aggregate, taken: [u128; 3]) {
+        for (op, n) in Op::ALL.into_iter().zip(taken) {
+            if n > 0 {
+                delta.add_counter(operations_key(op), n);
+            }
+        }
+    }
+}
+
+/// `totals` without [`STORE_OPERATIONS`]: what the pushes themselves added, for comparing a
+/// store's totals with an independent count.
+pub fn without_operations(totals: &Aggregate) -> Aggregate {
+    let mut data = Aggregate::new();
+    for (key, value) in totals.iter() {
+        if &**key.metric() != STORE_OPERATIONS {
+            data.add_value(key.clone(), value.clone());
+        }
+    }
+    data
+}
+
+/// The series key of [`STORE_OPERATIONS`] for `op`.
+pub fn operations_key(op: Op) -> SeriesKey {
+    SeriesKey::new(STORE_OPERATIONS, &[("op", op.as_str())])
+}
 
 /// The values a label of an own metric takes.
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +206,19 @@ pub const STORED: &[OwnMetric] = &[
         kind: Kind::Counter,
         labels: &[],
     },
+    OwnMetric {
+        name: STORE_OPERATIONS,
+        help: "Billable operations of the platform and the store, by op: dynamodb_write_units, dynamodb_read_units and lambda_invocations on AWS.",
+        kind: Kind::Counter,
+        labels: &[(
+            "op",
+            Values::Fixed(&[
+                Op::DynamoWriteUnits.as_str(),
+                Op::DynamoReadUnits.as_str(),
+                Op::LambdaInvocations.as_str(),
+            ]),
+        )],
+    },
 ];
 
 /// Buckets of the [`Kind::Seconds`] histograms: from 50 µs to 5 s.
@@ -156,6 +269,13 @@ pub const SNAPSHOT_AGE: OwnMetric = OwnMetric {
     kind: Kind::Gauge,
     labels: &[],
 };
+/// `pum_fold_lag_seconds`.
+pub const FOLD_LAG: OwnMetric = OwnMetric {
+    name: "pum_fold_lag_seconds",
+    help: "For a store that folds a log of pushes into its totals (DynamoDB): seconds from the acceptance of the newest push the latest fold applied to that fold. Shown only for such a store.",
+    kind: Kind::Gauge,
+    labels: &[],
+};
 /// `pum_http_connections{listener}`.
 pub const HTTP_CONNECTIONS: OwnMetric = OwnMetric {
     name: "pum_http_connections",
@@ -192,6 +312,7 @@ pub const PROCESS: &[OwnMetric] = &[
     SERIES,
     SERIES_SKIPPED,
     SNAPSHOT_AGE,
+    FOLD_LAG,
     HTTP_CONNECTIONS,
     HTTP_CONNECTIONS_CLOSED,
 ];

@@ -105,6 +105,11 @@ pub struct Stored {
     /// Cumulative totals of each shard, by shard name (one shard for a store that has no
     /// shards). The store's totals are the sum over shards.
     pub shards: Vec<(String, Aggregate)>,
+    /// For a store whose totals are folded from a log of pushes after they are accepted (the
+    /// DynamoDB store): how far they trailed at the latest fold, from the newest push it applied
+    /// being accepted to its fold. `None` for stores whose totals include a push once it is
+    /// answered.
+    pub fold_lag: Option<std::time::Duration>,
 }
 
 impl Stored {
@@ -183,6 +188,7 @@ impl Read for MemoryStore {
         Ok(Stored {
             allowlists: m.allowlists.clone(),
             shards: vec![("memory".to_owned(), m.totals.clone())],
+            fold_lag: None,
         })
     }
 }

@@ -174,7 +174,11 @@ pub fn parse_export(text: &str) -> Result<Stored, StoreError> {
                 .map_err(|e| StoreError::Corrupt(format!("{}: {e}", s.shard)))
         })
         .collect::<Result<_, _>>()?;
-    Ok(Stored { allowlists, shards })
+    Ok(Stored {
+        allowlists,
+        shards,
+        fold_lag: None,
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use lambda_http::{Request, service_fn};
 use pum_dynamodb::{DynamoStore, Settings};
 use pum_lambda::handle;
 use pum_shared::app::App;
+use pum_shared::own::Op;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -30,6 +31,9 @@ async fn main() -> Result<(), lambda_http::Error> {
     let app = Arc::new(init().await?);
     lambda_http::run(service_fn(move |req: Request| {
         let app = Arc::clone(&app);
+        // Every invocation is billed, whatever it answers: counted here, it travels with the
+        // next push's log item into the totals (pum_store_operations_total).
+        app.store().operations().count(Op::LambdaInvocations, 1.0);
         async move { Ok::<_, std::convert::Infallible>(handle(&app, req).await) }
     }))
     .await

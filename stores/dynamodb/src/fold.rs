@@ -42,15 +42,23 @@ use std::sync::atomic::Ordering;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnConsumedCapacity, TransactWriteItem, Update,
+};
+use pum_shared::own::{self, Op};
 use pum_shared::{Allowlist, StoreError, record};
 
+use crate::encode::Component;
 use crate::write::{backoff, fnv1a, random_u64};
 use crate::{
-    CHECKPOINT_PREFIX, DESCRIPTION, DisplayErrorContext, DynamoStore, KEY, MAX_TERMS_PER_UPDATE,
-    MAX_TRANSACTION_ITEMS, attribute_s, encode, unavailable,
+    CHECKPOINT_PREFIX, DESCRIPTION, DisplayErrorContext, DynamoStore, EXPIRES, KEY,
+    MAX_TERMS_PER_UPDATE, MAX_TRANSACTION_ITEMS, attribute_s, encode, unavailable,
 };
 
+/// How long a checkpoint outlives its shard's last fold before DynamoDB's TTL deletes it: twice
+/// a stream's 24-hour retention, after which no record of the shard can come again. Stream shards
+/// are replaced every few hours, so checkpoints of closed ones would otherwise pile up.
+const CHECKPOINT_TTL_SECS: u64 = 2 * 24 * 3600;
 /// Attempts of one chunk when it conflicts with another transaction or is throttled.
 const CONFLICT_ATTEMPTS: u32 = 6;
 /// Times a fold starts over from a checkpoint that moved under it.
@@ -190,6 +198,7 @@ impl DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
+        self.count_read(got.item());
         let Some(item) = got.item() else {
             return Ok(None);
         };
@@ -213,7 +222,7 @@ impl DynamoStore {
         let capacity = self
             .settings
             .fold_chunk_items
-            .clamp(1, MAX_TRANSACTION_ITEMS - 1);
+            .clamp(1, MAX_TRANSACTION_ITEMS - 2);
         let mut chunks = Vec::new();
         let mut current: Option<Chunk> = None;
         for r in records {
@@ -331,6 +340,7 @@ impl DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
+        self.count_read(got.item());
         let Some(AttributeValue::S(text)) = got.item().and_then(|i| i.get(DESCRIPTION)) else {
             return Err(StoreError::Unavailable(format!(
                 "no allowlist {pk:?} to decode a log record with"
@@ -352,11 +362,16 @@ impl DynamoStore {
         at: Option<&Position>,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut items = Vec::with_capacity(chunk.sums.len() + 1);
-        for (pk, terms) in &chunk.sums {
-            items.push(self.update(pk, terms)?);
-        }
-        items.push(self.checkpoint_put(shard, chunk, at, now_ms)?);
+        // The transaction also carries the billable operations counted since the last one.
+        let taken = self.ops.take();
+        let built = self.transaction(shard, chunk, at, now_ms, taken);
+        let items = match built {
+            Ok(items) => items,
+            Err(e) => {
+                self.ops.give_back(taken);
+                return Err(e);
+            }
+        };
         let count = items.len() as u64;
         let nonce = random_u64();
         let mut attempt = 0u32;
@@ -367,22 +382,36 @@ impl DynamoStore {
                 .client
                 .transact_write_items()
                 .set_transact_items(Some(items.clone()))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await;
             let err = match sent {
-                Ok(_) => {
+                Ok(out) => {
                     self.stats.item_writes.fetch_add(count, Ordering::Relaxed);
+                    // DynamoDB says what it billed; a server that does not is counted at the
+                    // least a transaction costs, 2 units an item.
+                    let units: f64 = out
+                        .consumed_capacity()
+                        .iter()
+                        .filter_map(|c| c.capacity_units())
+                        .sum();
+                    let units = units.max(2.0 * count as f64);
+                    self.ops.count(Op::DynamoWriteUnits, units);
                     return Ok(true);
                 }
                 Err(e) => e,
             };
             match classify(&err, items.len() - 1) {
-                Outcome::Moved => return Ok(false),
+                Outcome::Moved => {
+                    self.ops.give_back(taken);
+                    return Ok(false);
+                }
                 Outcome::Retry if attempt < CONFLICT_ATTEMPTS => {
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(backoff(attempt, nonce)).await;
                 }
                 _ => {
+                    self.ops.give_back(taken);
                     tracing::warn!(error = %DisplayErrorContext(&err), "fold TransactWriteItems failed");
                     return Err(StoreError::Unavailable(format!(
                         "DynamoDB TransactWriteItems failed: {}",
@@ -391,6 +420,44 @@ impl DynamoStore {
                 }
             }
         }
+    }
+
+    /// A chunk's transaction: its sums plus `ops` added to this region's shared item, and the
+    /// checkpoint last (its index names it in a cancellation).
+    fn transaction(
+        &self,
+        shard: &str,
+        chunk: &Chunk,
+        at: Option<&Position>,
+        now_ms: u64,
+        ops: [u128; 3],
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let mut sums = chunk.sums.clone();
+        let shared = encode::partition_key(&self.settings.region, 0, encode::SHARED_GROUP);
+        for (op, n) in Op::ALL.into_iter().zip(ops) {
+            if n > 0 {
+                let name = encode::attribute_name(
+                    encode::SHARED_GROUP,
+                    &own::operations_key(op),
+                    Component::Counter,
+                );
+                add_one(sums.entry(shared.clone()).or_default(), name, n)?;
+            }
+        }
+        let mut items = Vec::with_capacity(sums.len() + 1);
+        for (pk, terms) in &sums {
+            items.push(self.update(pk, terms)?);
+        }
+        items.push(self.checkpoint_put(shard, chunk, at, now_ms)?);
+        Ok(items)
+    }
+
+    /// Counts the read units of a strongly consistent `GetItem` that found `item` (1 per 4 KB,
+    /// 1 for none).
+    fn count_read(&self, item: Option<&HashMap<String, AttributeValue>>) {
+        let size = item.map_or(0, crate::item_size);
+        self.ops
+            .count(Op::DynamoReadUnits, size.div_ceil(4096).max(1) as f64);
     }
 
     fn update(
@@ -436,6 +503,10 @@ impl DynamoStore {
                 AttributeValue::N(chunk.end.part.to_string()),
             )
             .item(CHECKPOINT_FOLDED_MS, AttributeValue::N(now_ms.to_string()))
+            .item(
+                EXPIRES,
+                AttributeValue::N((now_ms / 1000 + CHECKPOINT_TTL_SECS).to_string()),
+            )
             .item(
                 CHECKPOINT_RECORD_SECS,
                 AttributeValue::N(chunk.record_secs.to_string()),

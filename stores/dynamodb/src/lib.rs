@@ -44,8 +44,9 @@
 //!
 //! The fold sums each stream batch per totals item and writes the sums with `ADD`, so the
 //! totals items take writes per fold batch, not per push: each region writes only its own items
-//! (no global-table conflicts), and each push's share goes to one of `shards` items per group,
-//! picked from its key.
+//! (no global-table conflicts), one item per metric (`shards` items, with a push's share picked
+//! from its key, if raised: a fold is the only writer of its stream shard, so one item takes
+//! every stream shard's folds with room to spare).
 //!
 //! Reading ([`Read::read`]) scans the totals table page by page: the allowlists, and the
 //! totals of each `{region}#{shard}`. The collector folds each shard separately with
@@ -80,6 +81,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, StreamSpecification, StreamViewType, TimeToLiveSpecification,
 };
 use pum_shared::batch::WINDOW_MS;
+use pum_shared::own::Operations;
 use pum_shared::store::{Merged, Push, Read, Store, Stored};
 use pum_shared::{Allowlist, StoreError};
 
@@ -121,8 +123,9 @@ pub struct Settings {
     pub log_table: String,
     /// The writer's region, put in every key it writes (`AWS_REGION` in a Lambda).
     pub region: String,
-    /// Shards per metric. Default 16: each item takes about 1,000 write units a second, so a
-    /// region takes about `shards * 1000 / (2 * item KB)` pushes a second of any one metric.
+    /// Totals items per metric and region the fold spreads pushes over. Default 1: an item is
+    /// written once per fold invocation of each stream shard, far below the 1,000 write units a
+    /// second one item takes; more items only make each fold write more.
     pub shards: u32,
     /// How long after a push its log item expires (DynamoDB's TTL deletes it later). Default
     /// [`WINDOW_MS`], one hour: the window within which a batch id is applied at most once. A
@@ -146,7 +149,7 @@ impl Settings {
             log_table: format!("{table}-log"),
             table,
             region: region.into(),
-            shards: 16,
+            shards: 1,
             batch_ttl: Duration::from_millis(WINDOW_MS),
             consistent_reads: false,
             page_size: None,
@@ -215,6 +218,9 @@ pub struct DynamoStore {
     stats: Arc<Stats>,
     /// Allowlists described (by this process) or read back (by the fold), by fingerprint.
     allowlists: Arc<Mutex<HashMap<u64, Allowlist>>>,
+    /// Billable operations not yet written: carried by the next log item (the ingest) or fold
+    /// transaction (the fold) into the totals.
+    ops: Arc<Operations>,
 }
 
 impl DynamoStore {
@@ -225,6 +231,7 @@ impl DynamoStore {
             settings: Arc::new(settings),
             stats: Arc::default(),
             allowlists: Arc::default(),
+            ops: Arc::default(),
         }
     }
 
@@ -241,6 +248,12 @@ impl DynamoStore {
     /// What the store did so far.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Billable operations counted and not yet written. The Lambda functions count their own
+    /// invocations here; the store counts its DynamoDB units itself.
+    pub fn operations(&self) -> &Operations {
+        &self.ops
     }
 
     /// The SDK client.
@@ -281,19 +294,22 @@ impl DynamoStore {
                 .await
                 .map_err(unavailable)?;
         }
-        self.client
-            .update_time_to_live()
-            .table_name(&self.settings.log_table)
-            .time_to_live_specification(
-                TimeToLiveSpecification::builder()
-                    .attribute_name(EXPIRES)
-                    .enabled(true)
-                    .build()
-                    .map_err(unavailable)?,
-            )
-            .send()
-            .await
-            .map_err(unavailable)?;
+        // Log items expire after the batch window, checkpoints two days after their last fold.
+        for table in [&self.settings.log_table, &self.settings.table] {
+            self.client
+                .update_time_to_live()
+                .table_name(table)
+                .time_to_live_specification(
+                    TimeToLiveSpecification::builder()
+                        .attribute_name(EXPIRES)
+                        .enabled(true)
+                        .build()
+                        .map_err(unavailable)?,
+                )
+                .send()
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(())
     }
 }

@@ -3,13 +3,31 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use pum_shared::store::Stored;
 use pum_shared::{Aggregate, Allowlist, StoreError};
 
 use crate::encode::{self, SeriesBuilder};
+use crate::fold::{CHECKPOINT_FOLDED_MS, CHECKPOINT_RECORD_SECS};
 use crate::{ALLOWLIST_PREFIX, CHECKPOINT_PREFIX, DESCRIPTION, DynamoStore, KEY, unavailable};
+
+/// Stream shards whose latest fold is older than this are left out of the lag: they were
+/// replaced, or have had no pushes since.
+const LAG_HORIZON_MS: u64 = 3_600_000;
+
+/// A checkpoint's lag at its latest fold, if that fold was within [`LAG_HORIZON_MS`] of `now_ms`.
+fn checkpoint_lag(item: &HashMap<String, AttributeValue>, now_ms: u64) -> Option<Duration> {
+    let number = |name: &str| match item.get(name) {
+        Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
+        _ => None,
+    };
+    let folded_ms = number(CHECKPOINT_FOLDED_MS)?;
+    let record_ms = number(CHECKPOINT_RECORD_SECS)?.saturating_mul(1000);
+    (now_ms.saturating_sub(folded_ms) <= LAG_HORIZON_MS)
+        .then(|| Duration::from_millis(folded_ms.saturating_sub(record_ms)))
+}
 
 impl DynamoStore {
     /// Scans the totals table.
@@ -17,6 +35,8 @@ impl DynamoStore {
         let mut shards: BTreeMap<String, SeriesBuilder> = BTreeMap::new();
         let mut allowlists: BTreeMap<String, Allowlist> = BTreeMap::new();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
+        let now_ms = crate::write::wall_clock_ms();
+        let mut fold_lag: Option<Duration> = None;
         loop {
             let page = self
                 .client
@@ -37,7 +57,9 @@ impl DynamoStore {
                 if pk.starts_with(ALLOWLIST_PREFIX) {
                     allowlists.insert(pk.clone(), read_allowlist(pk, item)?);
                 } else if pk.starts_with(CHECKPOINT_PREFIX) {
-                    // The fold's own bookkeeping.
+                    if let Some(lag) = checkpoint_lag(item, now_ms) {
+                        fold_lag = fold_lag.max(Some(lag));
+                    }
                 } else {
                     read_item(pk, item, &mut shards)?;
                 }
@@ -60,6 +82,8 @@ impl DynamoStore {
         Ok(Stored {
             allowlists: allowlists.into_values().collect(),
             shards,
+            // Before the first fold, nothing trails yet.
+            fold_lag: Some(fold_lag.unwrap_or_default()),
         })
     }
 

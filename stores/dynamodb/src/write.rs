@@ -1,18 +1,20 @@
 //! The write path: a push as one conditional put of its log item, and the allowlist's
 //! description as one conditional put.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
+use pum_shared::own::{Op, Operations};
 use pum_shared::store::{Merged, Push};
 use pum_shared::{Allowlist, StoreError};
 
 use crate::{
     DESCRIPTION, DynamoStore, EXPIRES, KEY, RECORD, REGION, allowlist_key, attribute_s, encode,
-    unavailable,
+    item_size, unavailable,
 };
 
 impl DynamoStore {
@@ -42,21 +44,27 @@ impl DynamoStore {
             Some(id) => id.as_str().to_owned(),
             None => format!("#{:016x}{:016x}", random_u64(), random_u64()),
         };
-        let record = push.record()?;
         // DynamoDB's TTL deletes by its own clock: count the window from the later of the push's
         // time and this machine's, so that a push stamped in the past is remembered as long.
         let now_ms = push.now_ms.max(wall_clock_ms());
         let expires = now_ms
             .saturating_add(duration_ms(self.settings.batch_ttl))
             .div_ceil(1000);
+        // The item carries the billable operations counted since the last one, its own write
+        // included.
+        let taken = self.ops.take();
+        let (item, units) = match self.log_item(push, id, expires, taken) {
+            Ok(built) => built,
+            Err(e) => {
+                self.ops.give_back(taken);
+                return Err(e);
+            }
+        };
         let sent = self
             .client
             .put_item()
             .table_name(&self.settings.log_table)
-            .item(KEY, attribute_s(&id))
-            .item(RECORD, AttributeValue::B(Blob::new(record)))
-            .item(REGION, attribute_s(&self.settings.region))
-            .item(EXPIRES, AttributeValue::N(expires.to_string()))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(#k)")
             .expression_attribute_names("#k", KEY)
             .send()
@@ -71,10 +79,56 @@ impl DynamoStore {
                 if e.as_service_error()
                     .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
             {
+                // A put refused by its condition is billed all the same; it stored nothing.
+                self.ops.give_back(taken);
+                self.ops.count(Op::DynamoWriteUnits, units as f64);
                 self.stats.replayed.fetch_add(1, Ordering::Relaxed);
                 Ok(Merged::Replayed)
             }
-            Err(e) => Err(unavailable(e)),
+            Err(e) => {
+                self.ops.give_back(taken);
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    /// The push's log item, carrying `taken` operations plus the write of the item itself, and
+    /// the write units the item costs (1 per KB of its size, which the count in it is part of).
+    fn log_item(
+        &self,
+        push: &Push<'_>,
+        id: String,
+        expires: u64,
+        taken: [u128; 3],
+    ) -> Result<(HashMap<String, AttributeValue>, usize), StoreError> {
+        let mut units = 1;
+        loop {
+            let mut carried = taken;
+            carried[Op::DynamoWriteUnits as usize] += Operations::millionths(units as f64);
+            let mut delta = push.delta.clone();
+            Operations::add_to(&mut delta, carried);
+            let with = Push {
+                batch: push.batch,
+                now_ms: push.now_ms,
+                delta,
+                allowlist: push.allowlist,
+            };
+            let item = HashMap::from([
+                (KEY.to_owned(), attribute_s(&id)),
+                (
+                    RECORD.to_owned(),
+                    AttributeValue::B(Blob::new(with.record()?)),
+                ),
+                (REGION.to_owned(), attribute_s(&self.settings.region)),
+                (EXPIRES.to_owned(), AttributeValue::N(expires.to_string())),
+            ]);
+            let needs = item_size(&item).div_ceil(1024).max(1);
+            // The count's own digits can push the item over a KB boundary: settle on a count
+            // that pays for the item it is in (a larger one grows by a byte at most).
+            if needs <= units {
+                return Ok((item, units));
+            }
+            units = needs;
         }
     }
 
@@ -105,12 +159,19 @@ impl DynamoStore {
     /// Stores the allowlist's description under its fingerprint, once: a conditional put that
     /// finds the item there already changes nothing.
     pub(crate) async fn put_description(&self, allowlist: &Allowlist) -> Result<(), StoreError> {
+        let item = HashMap::from([
+            (KEY.to_owned(), attribute_s(&allowlist_key(allowlist))),
+            (
+                DESCRIPTION.to_owned(),
+                AttributeValue::S(allowlist.description()),
+            ),
+        ]);
+        let units = item_size(&item).div_ceil(1024).max(1);
         let sent = self
             .client
             .put_item()
             .table_name(&self.settings.table)
-            .item(KEY, attribute_s(&allowlist_key(allowlist)))
-            .item(DESCRIPTION, AttributeValue::S(allowlist.description()))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(#k)")
             .expression_attribute_names("#k", KEY)
             .send()
@@ -122,6 +183,8 @@ impl DynamoStore {
                     .is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
             Err(e) => return Err(unavailable(e)),
         }
+        // Written or refused by its condition, the put is billed.
+        self.ops.count(Op::DynamoWriteUnits, units as f64);
         self.remember_allowlist(allowlist);
         Ok(())
     }

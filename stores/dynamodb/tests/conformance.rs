@@ -14,11 +14,13 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use pum_dynamodb::DynamoStore;
 use pum_dynamodb::fold::LogRecord;
 use pum_dynamodb::testing::{FoldedStore, LocalDynamo, StreamPoller};
 use pum_shared::conformance::{Harness, allowlist, batch_id, delta, push};
+use pum_shared::own::without_operations;
 use pum_shared::{Aggregate, Allowlist, Merged, Read, SeriesKey, Store};
 
 /// One server for the whole test binary; each harness gets fresh tables.
@@ -75,6 +77,11 @@ mod dynamodb_store_one_shard_small_pages_small_chunks {
     });
 }
 
+/// The store's totals without the billable operations it counts in them.
+async fn data(store: &impl Read) -> Aggregate {
+    without_operations(&store.read().await.expect("read").totals())
+}
+
 /// Every record the stream holds so far, by shard.
 async fn stream(store: &DynamoStore) -> Vec<(String, Vec<LogRecord>)> {
     StreamPoller::new(server(), store)
@@ -123,12 +130,12 @@ async fn concurrent_pushes_fold_exactly_in_one_pass() {
         h.await.expect("task");
     }
     assert!(
-        store.read().await.expect("read").totals().is_empty(),
+        data(&store).await.is_empty(),
         "nothing is in the totals before the fold"
     );
     let records = stream(&store).await;
     assert_eq!(fold_all(&store, &records).await, (160, 0));
-    assert_eq!(store.read().await.expect("read").totals(), expected(0..160));
+    assert_eq!(data(&store).await, expected(0..160));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -153,14 +160,18 @@ async fn a_batch_delivered_twice_is_applied_once() {
     }
     let records = stream(&store).await;
     assert_eq!(fold_all(&store, &records).await, (10, 30));
-    assert_eq!(store.read().await.expect("read").totals(), expected(0..40));
+    assert_eq!(data(&store).await, expected(0..40));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fold_killed_after_its_first_chunk_and_retried_is_exact() {
-    // Two totals items per transaction and 16 shards: 40 pushes take many chunks.
+    // Three totals items per transaction (a record touches three: two metrics and pum's own
+    // counters) and 16 shards: 40 pushes take many chunks.
     let store = server()
-        .fresh_store("killed", |s| s.fold_chunk_items = 2)
+        .fresh_store("killed", |s| {
+            s.fold_chunk_items = 3;
+            s.shards = 16;
+        })
         .await;
     let list = allowlist();
     for seed in 0..40 {
@@ -178,7 +189,7 @@ async fn a_fold_killed_after_its_first_chunk_and_retried_is_exact() {
         .expect("the first chunk");
     assert_eq!(first.chunks, 1);
     assert!(first.applied >= 1 && first.applied < 40, "{first:?}");
-    let partial = store.read().await.expect("read").totals();
+    let partial = data(&store).await;
     assert_ne!(partial, expected(0..40), "the fold stopped part way");
     assert_eq!(partial, expected(0..first.applied as u64));
     // The platform retries the whole batch.
@@ -186,7 +197,7 @@ async fn a_fold_killed_after_its_first_chunk_and_retried_is_exact() {
     assert_eq!(retried.applied + first.applied, 40);
     assert_eq!(retried.skipped, first.applied);
     assert!(retried.chunks > 1, "{retried:?}");
-    assert_eq!(store.read().await.expect("read").totals(), expected(0..40));
+    assert_eq!(data(&store).await, expected(0..40));
     let checkpoint = store.read_checkpoint(shard).await.expect("checkpoint");
     assert_eq!(
         checkpoint.map(|c| c.sequence),
@@ -216,7 +227,7 @@ async fn a_batch_is_replayed_after_the_server_restarts() {
     let folded = FoldedStore::new(&server, store).await;
     let merged = folded.merge(&push(&list, Some(&id), delta(1))).await;
     assert_eq!(merged.expect("merge"), Merged::Replayed);
-    assert_eq!(folded.read().await.expect("read").totals(), delta(1));
+    assert_eq!(data(&folded).await, delta(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -252,7 +263,7 @@ async fn log_items_live_in_the_log_table_with_their_record_and_a_ttl_of_at_least
         assert_eq!(item["region"].as_s().ok(), Some(&store.settings().region));
         let record = item["record"].as_b().expect("a binary record");
         let decoded = pum_shared::record::decode(record.as_ref(), &list).expect("decodes");
-        assert_eq!(decoded.delta, delta(7));
+        assert_eq!(without_operations(&decoded.delta), delta(7));
         let size = pum_dynamodb::item_size(item);
         assert!(size < 1024, "{key}: one write unit, {size} bytes");
         keys.push(key);
@@ -331,8 +342,8 @@ async fn shards_and_regions_are_separate_items_and_sum() {
     for (_, agg) in &shards {
         total.merge(agg);
     }
-    assert_eq!(total, expected);
-    assert_eq!(second.read().await.expect("read").totals(), expected);
+    assert_eq!(without_operations(&total), expected);
+    assert_eq!(data(&second).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -354,7 +365,7 @@ async fn one_log_write_per_push_and_one_fold_transaction_per_batch() {
     assert_eq!(stats.transactions.load(Ordering::Relaxed), 1);
     let items = stats.item_writes.load(Ordering::Relaxed);
     assert!((3..=33).contains(&items), "{items} item writes");
-    assert_eq!(store.read().await.expect("read").totals(), expected(0..20));
+    assert_eq!(data(&store).await, expected(0..20));
 }
 
 /// An allowlist with one metric of 600 label values and 120 histograms: a push can touch more
@@ -411,7 +422,79 @@ async fn huge_pushes_are_folded_in_parts_and_still_exact() {
     assert!(rest.chunks >= 3, "{rest:?}");
     let mut want = d.clone();
     want.merge(&d);
-    assert_eq!(store.read().await.expect("read").totals(), want);
+    assert_eq!(data(&store).await, want);
     assert_eq!(store.fold(shard, recs, 3).await.expect("fold").skipped, 2);
-    assert_eq!(store.read().await.expect("read").totals(), want);
+    assert_eq!(data(&store).await, want);
+}
+
+/// The store's `pum_store_operations_total`, by op.
+async fn operations(store: &DynamoStore) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for (key, value) in store.read().await.expect("read").totals().iter() {
+        if &**key.metric() == pum_shared::own::STORE_OPERATIONS
+            && let pum_shared::SeriesValue::Counter { micros } = value
+        {
+            let op = key.labels()[0].1.to_string();
+            out.insert(op, pum_shared::aggregate::micros_to_f64(*micros));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn billable_operations_are_counted_in_the_totals_they_cost() {
+    let store = server().fresh_store("operations", |_| {}).await;
+    let list = allowlist();
+    store.describe(&list).await.expect("describe");
+    let description = store.item_sizes().await.expect("items")[0].1;
+    let ids: Vec<_> = (0..6).map(batch_id).collect();
+    for (n, id) in ids.iter().take(5).enumerate() {
+        let p = push(&list, Some(id), delta(n as u64));
+        assert_eq!(store.merge(&p).await.expect("merge"), Merged::Applied);
+    }
+    // A batch sent again: its put is refused by the condition, and billed.
+    let again = push(&list, Some(&ids[0]), delta(0));
+    assert_eq!(store.merge(&again).await.expect("merge"), Merged::Replayed);
+    // What the Lambda adapter counts for its invocations.
+    store
+        .operations()
+        .count(pum_shared::own::Op::LambdaInvocations, 6.0);
+    let stats = store.stats();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    for (shard, recs) in stream(&store).await {
+        store.fold(&shard, &recs, now_ms).await.expect("fold");
+    }
+    let first_fold = stats.item_writes.load(Ordering::Relaxed);
+    // The fold's own writes travel with the next write it makes.
+    let last = push(&list, Some(&ids[5]), delta(5));
+    assert_eq!(store.merge(&last).await.expect("merge"), Merged::Applied);
+    for (shard, recs) in stream(&store).await {
+        store.fold(&shard, &recs, now_ms).await.expect("fold");
+    }
+    let ops = operations(&store).await;
+    // Every item here is under 1 KB but the allowlist's description: 1 unit per KB, 2 for a
+    // transaction's item.
+    let want = description.div_ceil(1024) + 6 + 1 + 2 * first_fold as usize;
+    assert_eq!(
+        ops.get("dynamodb_write_units"),
+        Some(&(want as f64)),
+        "{ops:?}"
+    );
+    assert_eq!(ops.get("lambda_invocations"), Some(&6.0), "{ops:?}");
+    // Each fold read its stream shard's checkpoint (strongly consistent: 1 unit); the first
+    // fold's reads are carried by the second's transaction.
+    let reads = ops.get("dynamodb_read_units").copied().unwrap_or(0.0);
+    assert!(reads >= 1.0, "{ops:?}");
+    assert_eq!(data(&store).await, expected(0..6));
+    // The fold's lag: from the newest push it applied being accepted (the pushes' fixed time)
+    // to the fold.
+    let lag = store.read().await.expect("read").fold_lag.expect("a lag");
+    let want = Duration::from_millis(now_ms - push(&list, None, Aggregate::new()).now_ms);
+    assert!(
+        lag.abs_diff(want) < Duration::from_secs(2),
+        "lag {lag:?}, want about {want:?}"
+    );
 }

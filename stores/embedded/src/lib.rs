@@ -595,6 +595,7 @@ impl Read for EmbeddedStore {
         Ok(Stored {
             allowlists,
             shards: vec![(SHARD.to_owned(), totals)],
+            fold_lag: None,
         })
     }
 }

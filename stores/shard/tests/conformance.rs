@@ -41,6 +41,7 @@ impl Read for ShardStore {
         Ok(Stored {
             allowlists,
             shards: vec![("shard/0".to_owned(), totals)],
+            fold_lag: None,
         })
     }
 }

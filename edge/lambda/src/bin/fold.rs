@@ -9,8 +9,8 @@
 //!
 //! - `PUM_TABLE` (required): the totals table (which also holds the allowlists and the
 //!   checkpoints).
-//! - `PUM_SHARDS`: shards per metric (default 16): over how many totals items of a metric the
-//!   pushes are spread.
+//! - `PUM_SHARDS`: totals items per metric and region (default 1; see
+//!   [`pum_dynamodb::Settings::shards`]).
 //! - `AWS_REGION` (set by Lambda).
 //! - `PUM_DYNAMODB_ENDPOINT`: an endpoint override, for a local DynamoDB-compatible server.
 //! - `PUM_LOG`: log filter (default `info`).
@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use aws_lambda_events::event::dynamodb::{TimeWindowEvent, TimeWindowEventResponse};
 use lambda_runtime::{LambdaEvent, service_fn};
 use pum_dynamodb::{DynamoStore, Settings};
+use pum_shared::own::Op;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -67,6 +68,8 @@ async fn fold(
     store: &DynamoStore,
     event: &TimeWindowEvent,
 ) -> Result<TimeWindowEventResponse, lambda_runtime::Error> {
+    // Billed whatever it does: carried by the next transaction this process commits.
+    store.operations().count(Op::LambdaInvocations, 1.0);
     let (shard, records) = pum_lambda::stream::log_records(event)?;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
