@@ -20,6 +20,8 @@ pub const SAMPLES_REJECTED: &str = "pum_samples_rejected_total";
 pub const PUSHES_REJECTED: &str = "pum_pushes_rejected_total";
 /// The original aggregator's count of recorded pushes, kept so its dashboards keep working.
 pub const RECORD_TOTAL: &str = "metrics_aggregator_record_total";
+/// Log records a folding store could not decode and skipped (the DynamoDB fold).
+pub const LOG_RECORDS_DROPPED: &str = "pum_log_records_dropped_total";
 /// Billable operations of the platform and the store, by `op` ([`Op`]).
 pub const STORE_OPERATIONS: &str = "pum_store_operations_total";
 
@@ -203,6 +205,12 @@ pub const STORED: &[OwnMetric] = &[
     OwnMetric {
         name: RECORD_TOTAL,
         help: "The number of times clients have posted to /record and had samples recorded. Try rate(metrics_aggregator_record_total[5m])*10 for a sense of how many pages are open.",
+        kind: Kind::Counter,
+        labels: &[],
+    },
+    OwnMetric {
+        name: LOG_RECORDS_DROPPED,
+        help: "Log records the fold could not decode and skipped rather than stop on them (AWS; each is logged with its key). Always 0 unless a record was corrupted.",
         kind: Kind::Counter,
         labels: &[],
     },

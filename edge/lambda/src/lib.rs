@@ -42,6 +42,39 @@ use pum_shared::ratelimit::parse_client;
 /// The header CloudFront sets to the viewer's country (ISO 3166-1 alpha-2).
 pub const COUNTRY_HEADER: &str = "cloudfront-viewer-country";
 
+/// The functions' store: the totals table `PUM_TABLE` in the Lambda's region (`AWS_REGION`),
+/// through `PUM_DYNAMODB_ENDPOINT` if set (a local server), with `more` settings read by the
+/// function itself.
+pub async fn store(
+    var: impl Fn(&str) -> Option<String>,
+    more: impl FnOnce(&mut pum_dynamodb::Settings) -> anyhow::Result<()>,
+) -> anyhow::Result<pum_dynamodb::DynamoStore> {
+    use anyhow::Context as _;
+    let table = var("PUM_TABLE").context("PUM_TABLE must name the aggregates table")?;
+    let endpoint = var("PUM_DYNAMODB_ENDPOINT").filter(|s| !s.is_empty());
+    let sdk = pum_dynamodb::sdk_config(None, endpoint.as_deref()).await;
+    let region = sdk
+        .region()
+        .map(ToString::to_string)
+        .context("AWS_REGION is not set")?;
+    let mut settings = pum_dynamodb::Settings::new(table, region);
+    more(&mut settings)?;
+    Ok(pum_dynamodb::DynamoStore::from_config(&sdk, settings))
+}
+
+/// Logs to stdout for CloudWatch, filtered by `PUM_LOG` (default `info`), without times (the
+/// platform adds them) or colours: both functions' first step.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PUM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .without_time()
+        .with_ansi(false)
+        .init();
+}
+
 /// The ingest's settings from the environment (read through `var`): the allowlist and everything
 /// else of [`pum_shared::settings`]. The error names the variable (and, for the allowlist, the
 /// metric and field); it fails the cold start.

@@ -11,23 +11,15 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use lambda_http::{Request, service_fn};
-use pum_dynamodb::{DynamoStore, Settings};
+use pum_dynamodb::DynamoStore;
 use pum_lambda::handle;
 use pum_shared::app::App;
 use pum_shared::own::Op;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PUM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .without_time()
-        .with_ansi(false)
-        .init();
+    pum_lambda::init_logging();
     let app = Arc::new(init().await?);
     lambda_http::run(service_fn(move |req: Request| {
         let app = Arc::clone(&app);
@@ -42,17 +34,14 @@ async fn main() -> Result<(), lambda_http::Error> {
 async fn init() -> anyhow::Result<App<DynamoStore>> {
     let var = |name: &str| std::env::var(name).ok();
     let config = pum_lambda::settings(var).map_err(anyhow::Error::msg)?;
-    let table = var("PUM_TABLE").context("PUM_TABLE must name the aggregates table")?;
-    let endpoint = var("PUM_DYNAMODB_ENDPOINT").filter(|s| !s.is_empty());
-    let sdk = pum_dynamodb::sdk_config(None, endpoint.as_deref()).await;
-    let region = sdk
-        .region()
-        .map(ToString::to_string)
-        .context("AWS_REGION is not set")?;
-    let mut settings = Settings::new(table, region);
-    if let Some(log) = var("PUM_LOG_TABLE").filter(|s| !s.is_empty()) {
-        settings.log_table = log;
-    }
+    let store = pum_lambda::store(var, |settings| {
+        if let Some(log) = var("PUM_LOG_TABLE").filter(|s| !s.is_empty()) {
+            settings.log_table = log;
+        }
+        Ok(())
+    })
+    .await?;
+    let settings = store.settings();
     tracing::info!(
         table = %settings.table,
         log_table = %settings.log_table,
@@ -62,5 +51,5 @@ async fn init() -> anyhow::Result<App<DynamoStore>> {
         rate_burst = config.rate_limit.burst,
         "pum-lambda ready"
     );
-    Ok(App::new(config, DynamoStore::from_config(&sdk, settings)))
+    Ok(App::new(config, store))
 }

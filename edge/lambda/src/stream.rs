@@ -5,7 +5,7 @@
 //! from, and the fold keeps one checkpoint per shard ([`pum_dynamodb::fold`]). The fold keeps no
 //! window state: each invocation folds its records and answers an empty state.
 
-use aws_lambda_events::event::dynamodb::TimeWindowEvent;
+use aws_lambda_events::event::dynamodb::{TimeWindowEvent, TimeWindowEventResponse};
 use pum_dynamodb::fold::LogRecord;
 use pum_dynamodb::{KEY, RECORD, REGION};
 use serde_dynamo::AttributeValue;
@@ -22,6 +22,12 @@ pub enum StreamError {
     /// A record has no sequence number.
     #[error("stream record {0:?} has no sequence number")]
     NoSequence(String),
+}
+
+/// The fold's answer to a batch it folded: an empty window state (Lambda takes an answer without
+/// a `state` as a failed invocation) and no failed records.
+pub fn folded() -> TimeWindowEventResponse {
+    TimeWindowEventResponse::default()
 }
 
 /// The event's shard and its records, as the fold takes them.
@@ -81,6 +87,15 @@ mod tests {
         assert_eq!(records[0].record, vec![1, 2, 3, 4]);
         assert_eq!(records[0].sequence, "111100000000000000001");
         assert!(!records[1].insert, "a TTL removal");
+    }
+
+    #[test]
+    fn the_answer_has_a_state_and_no_failures() {
+        let answer = serde_json::to_value(folded()).expect("serialises");
+        assert_eq!(
+            answer,
+            serde_json::json!({"state": {}, "batchItemFailures": []})
+        );
     }
 
     #[test]

@@ -329,6 +329,14 @@ impl Deployment {
     }
 
     /// Pushes `batch` as the batch `id`.
+    /// Pushes push `i` of a benchmark workload ([`workload_push`]).
+    async fn push_workload(&self, scenario: &str, mixed: bool, i: usize) -> Answer {
+        let (id, body) = workload_push(scenario, mixed, i);
+        let query = format!("batch={id}");
+        self.push(Some(&query), Some("text/plain;charset=UTF-8"), body)
+            .await
+    }
+
     async fn push_batch(&self, id: &str, batch: &Value) -> Answer {
         let query = format!("batch={id}");
         self.push(Some(&query), Some("text/plain"), batch.to_string())
@@ -953,14 +961,7 @@ async fn bench(n: usize) {
             let totals_before = items_of(&d, &settings.table).await;
             let ops_before = stored_ops(&d).await;
             for i in 0..per_fold {
-                let (id, body) = workload_push(&scenario, mixed, i);
-                let a = d
-                    .push(
-                        Some(&format!("batch={id}")),
-                        Some("text/plain;charset=UTF-8"),
-                        body,
-                    )
-                    .await;
+                let a = d.push_workload(&scenario, mixed, i).await;
                 assert_eq!(a.status, 200, "{scenario} push {i}: {}", a.text);
             }
             let log = items_of(&d, &settings.log_table).await;
@@ -1026,14 +1027,7 @@ async fn bench(n: usize) {
         log.len() - before
     );
     for i in 0..10 {
-        let (id, body) = workload_push("mixed90", true, i);
-        let a = d
-            .push(
-                Some(&format!("batch={id}")),
-                Some("text/plain;charset=UTF-8"),
-                body,
-            )
-            .await;
+        let a = d.push_workload("mixed90", true, i).await;
         assert_eq!(a.status, 200, "{}", a.text);
     }
     let replayed_units: usize = (0..10)

@@ -1,10 +1,10 @@
 //! How series live in DynamoDB items: partition keys, attribute names and numbers.
 //!
-//! An aggregates item holds one *group* of one shard of one writer region:
+//! An aggregates item holds one *group* (or a share of it) of one writer region:
 //!
-//! - partition key `pk` = `{region}#{shard}#{group}`, where the group is a metric name (the item
-//!   holds only that metric) or [`SHARED_GROUP`] (the item holds pum's per-push counters, see
-//!   [`group_of`]);
+//! - partition key `pk` = `{region}#{n}#{group}`, where the group is a metric name (the item
+//!   holds only that metric) or [`SHARED_GROUP`] (the item holds pum's own counters, see
+//!   [`group_of`]), and `n` numbers the group's items ([`items_for_group`]; 0 for most);
 //! - one number attribute per series component, named `{component}|{labels}` in a metric's own
 //!   item and `{metric}|{component}|{labels}` in the shared item. The component is `c` (a
 //!   counter's total), `s` (a histogram's sum) or a bucket index (`0`, `1`, ...: per-bucket, not
@@ -18,27 +18,97 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use pum_shared::Allowlist;
 use pum_shared::aggregate::{Overflow, SeriesKey, SeriesValue};
+use pum_shared::allowlist::{MetricKind, MetricSpec};
 use pum_shared::own;
 
-/// The group of the shared item that holds pum's per-push counters.
+/// The group of the shared item that holds pum's own counters.
 pub const SHARED_GROUP: &str = "*";
 
 /// The largest value a DynamoDB number holds exactly: 38 nines.
 pub const MAX_NUMBER: u128 = 99_999_999_999_999_999_999_999_999_999_999_999_999;
 
-/// Which item group a metric is written to. pum's counters that every push touches (pushes by
-/// result, refusals by reason, accepted samples, the original's record count) share one item, so
-/// that a push costs one item write for them instead of up to four; every other metric, the
-/// per-sample rejection counter included, has its own item. This is what keeps a push at no more
-/// item writes than it has distinct metrics, its idempotency marker included (see the crate docs).
+/// Which item group a metric is written to. pum's own counters ([`own::STORED`]: pushes by
+/// result, refusals and rejections by reason, accepted samples, the original's record count,
+/// billable operations) share one item, which nearly every fold touches anyway; every other
+/// metric has its own items. A fold writes each item its batch touched once, so fewer items is
+/// fewer writes.
 pub fn group_of(metric: &str) -> &str {
-    match metric {
-        own::PUSHES | own::PUSHES_REJECTED | own::SAMPLES_ACCEPTED | own::RECORD_TOTAL => {
-            SHARED_GROUP
-        }
-        m => m,
+    if own::STORED.iter().any(|m| m.name == metric) {
+        SHARED_GROUP
+    } else {
+        metric
     }
+}
+
+/// The most bytes an aggregates item may come to, by its allowlist's bound: a metric (or the
+/// shared group) that could hold more has its series spread over several items by a hash of the
+/// series ([`items_for_group`]), far from DynamoDB's 400 KB an item.
+pub const ITEM_BOUND_BYTES: u128 = 64 * 1024;
+
+/// Items a group's series are spread over: enough that, were every series the allowlist allows
+/// present, each item would stay within [`ITEM_BOUND_BYTES`]. 1 for any group of a few hundred
+/// series.
+pub fn items_for_group(allowlist: &Allowlist, group: &str) -> u32 {
+    let bound: u128 = if group == SHARED_GROUP {
+        allowlist
+            .metrics()
+            .filter(|m| group_of(&m.name) == SHARED_GROUP)
+            .map(|m| bound_bytes(m, true))
+            .fold(0, u128::saturating_add)
+    } else {
+        allowlist.get(group).map_or(0, |m| bound_bytes(m, false))
+    };
+    u32::try_from(bound.div_ceil(ITEM_BOUND_BYTES).clamp(1, 1 << 16)).unwrap_or(1 << 16)
+}
+
+/// The most bytes a metric's series could take as attributes: every combination of its labels'
+/// values (each label also absent), each component named with the longest values and holding a
+/// 38-digit number (21 bytes).
+fn bound_bytes(spec: &MetricSpec, shared: bool) -> u128 {
+    let mut series: u128 = 1;
+    let mut name = 4 + if shared { spec.name.len() + 1 } else { 0 };
+    for label in &spec.labels {
+        let values = label.allowed_values.len() + usize::from(label.other_value.is_some()) + 1;
+        series = series.saturating_mul(values as u128);
+        let longest = label
+            .allowed_values
+            .iter()
+            .chain(&label.other_value)
+            .map(String::len)
+            .max()
+            .unwrap_or(0);
+        // Percent-encoding can triple a value's bytes.
+        name += label.name.len() + 3 * longest + 2;
+    }
+    let components = match spec.kind {
+        MetricKind::Counter => 1,
+        MetricKind::Histogram { .. } => spec.bucket_count() as u128 + 1,
+    };
+    series
+        .saturating_mul(components)
+        .saturating_mul(name as u128 + 21)
+}
+
+/// Which of a group's `items` a series goes to: a hash of its labels (the metric's name too, in
+/// the shared group).
+pub fn item_of(key: &SeriesKey, items: u32) -> u32 {
+    if items <= 1 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |s: &str| {
+        for byte in s.bytes().chain([0xff]) {
+            h = (h ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(key.metric());
+    for (name, value) in key.labels() {
+        eat(name);
+        eat(value);
+    }
+    (h % u64::from(items)) as u32
 }
 
 /// The partition key of an aggregates item.
@@ -328,6 +398,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn groups_spread_over_items_only_past_the_bound() {
+        let example = Allowlist::example();
+        for m in example.metrics() {
+            assert_eq!(
+                items_for_group(&example, group_of(&m.name)),
+                1,
+                "{}",
+                m.name
+            );
+        }
+        // 4,000 values of 26 bytes: about 350 KB were every series there.
+        let values: Vec<String> = (0..4000).map(|i| format!("\"value-{i:020}\"")).collect();
+        let text = format!(
+            r#"{{"allowedMetrics": [{{"name": "wide_total", "help": "W.", "type": "counter",
+                "labels": [{{"name": "k", "allowedValues": [{}]}}]}}]}}"#,
+            values.join(",")
+        );
+        let list = Allowlist::compile([("wide", text.as_str())], false).expect("compiles");
+        let n = items_for_group(&list, "wide_total");
+        assert!((4..=8).contains(&n), "{n} items");
+        let mut seen = vec![0u32; n as usize];
+        for i in 0..4000 {
+            let key = SeriesKey::new("wide_total", &[("k", &format!("value-{i:020}"))]);
+            seen[item_of(&key, n) as usize] += 1;
+        }
+        // Each item gets its share, give or take: none near 400 KB.
+        assert!(
+            seen.iter()
+                .all(|c| (*c as f64) < 1.5 * 4000.0 / f64::from(n)),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
     fn partition_keys_round_trip() {
         let pk = partition_key("eu-west-1", 7, "browser_lcp_seconds");
         assert_eq!(pk, "eu-west-1#7#browser_lcp_seconds");
@@ -387,7 +491,8 @@ mod tests {
     fn groups() {
         assert_eq!(group_of(own::PUSHES), SHARED_GROUP);
         assert_eq!(group_of(own::RECORD_TOTAL), SHARED_GROUP);
-        assert_eq!(group_of(own::SAMPLES_REJECTED), own::SAMPLES_REJECTED);
+        assert_eq!(group_of(own::SAMPLES_REJECTED), SHARED_GROUP);
+        assert_eq!(group_of(own::STORE_OPERATIONS), SHARED_GROUP);
         assert_eq!(group_of("browser_lcp_seconds"), "browser_lcp_seconds");
     }
 

@@ -26,6 +26,12 @@
 //! allowlist of about a hundred metrics, all in one push) is cut into parts; the checkpoint then
 //! also names how many parts of the record at its sequence number are applied.
 //!
+//! A record that does not decode (a corrupted item: the ingest writes only what it encoded) is
+//! skipped rather than stop the fold of every push after it: it adds one to
+//! `pum_log_records_dropped_total` in the transaction whose checkpoint moves past it, and is
+//! logged with its key. A record of another version (written by a newer ingest before this fold
+//! was updated) is not: the fold fails, and the platform retries the batch until it is updated.
+//!
 //! Removals (DynamoDB's TTL deleting old log items) and modifications are ignored: only an
 //! insert is a push.
 //!
@@ -45,8 +51,8 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Put, ReturnConsumedCapacity, TransactWriteItem, Update,
 };
-use pum_shared::own::{self, Op};
-use pum_shared::{Allowlist, StoreError, record};
+use pum_shared::own::{self, Op, Operations};
+use pum_shared::{Allowlist, SeriesKey, StoreError, record};
 
 use crate::encode::Component;
 use crate::write::{backoff, fnv1a, random_u64};
@@ -258,7 +264,7 @@ impl DynamoStore {
                     part: 0,
                 };
                 c.records += 1;
-                c.record_secs = record_secs;
+                c.record_secs = c.record_secs.max(record_secs);
                 continue;
             }
             // A record bigger than a chunk: its parts, each a chunk of its own.
@@ -293,18 +299,27 @@ impl DynamoStore {
 
     /// A record's contribution: totals item -> attribute -> amount, and when it was accepted.
     async fn record_items(&self, r: &LogRecord) -> Result<(Sums, u64), StoreError> {
-        let corrupt =
-            |e: record::RecordError| StoreError::Corrupt(format!("log item {:?}: {e}", r.key));
-        let fingerprint = record::peek_fingerprint(&r.record).map_err(corrupt)?;
+        let fingerprint = match record::peek_fingerprint(&r.record) {
+            Ok(f) => f,
+            Err(e) => return self.undecodable(r, e),
+        };
         let allowlist = match self.known_allowlist(fingerprint) {
             Some(a) => a,
             None => self.read_allowlist(fingerprint).await?,
         };
-        let decoded = record::decode(&r.record, &allowlist).map_err(corrupt)?;
-        let mut groups: BTreeMap<&str, Vec<(String, u128)>> = BTreeMap::new();
+        let decoded = match record::decode(&r.record, &allowlist) {
+            Ok(d) => d,
+            Err(e) => return self.undecodable(r, e),
+        };
+        // Terms by group and by which of the group's items their series hashes to.
+        let mut items: HashMap<&str, u32> = HashMap::new();
+        let mut groups: BTreeMap<(&str, u32), Vec<(String, u128)>> = BTreeMap::new();
         for (key, value) in decoded.delta.iter() {
             let group = encode::group_of(key.metric());
-            let terms = groups.entry(group).or_default();
+            let n = *items
+                .entry(group)
+                .or_insert_with(|| encode::items_for_group(&allowlist, group));
+            let terms = groups.entry((group, encode::item_of(key, n))).or_default();
             for (component, n) in encode::components(value) {
                 terms.push((encode::attribute_name(group, key, component), n));
             }
@@ -312,11 +327,16 @@ impl DynamoStore {
         let shards = self.settings.shards.max(1);
         let base = (fnv1a(&[&r.region, &r.key]) % u64::from(shards)) as u32;
         let mut sums = Sums::new();
-        for (group, terms) in groups {
+        for ((group, slot), terms) in groups {
+            let n = items.get(group).copied().unwrap_or(1);
             for (j, chunk) in terms.chunks(MAX_TERMS_PER_UPDATE).enumerate() {
-                // Further chunks of a group go to the next shards' items: an update's
-                // expression stays small, and the reader sums every shard anyway.
-                let shard = base.saturating_add(u32::try_from(j).unwrap_or(u32::MAX));
+                // Further chunks of an item's terms go to further items: an update's expression
+                // stays small, and the reader sums every item anyway.
+                let j = u32::try_from(j).unwrap_or(u32::MAX);
+                let shard = base
+                    .saturating_add(shards.saturating_mul(j))
+                    .saturating_mul(n)
+                    .saturating_add(slot);
                 let item = sums
                     .entry(encode::partition_key(&r.region, shard, group))
                     .or_default();
@@ -326,6 +346,37 @@ impl DynamoStore {
             }
         }
         Ok((sums, decoded.at_secs))
+    }
+
+    /// What a record that does not decode adds: if a newer pum wrote it (another version), an
+    /// error, so that the platform retries until the fold is updated too; otherwise one to
+    /// `pum_log_records_dropped_total`, in the same transaction as the checkpoint that moves past
+    /// it, so that one bad item cannot stop the fold of every push after it.
+    fn undecodable(
+        &self,
+        r: &LogRecord,
+        e: record::RecordError,
+    ) -> Result<(Sums, u64), StoreError> {
+        if let record::RecordError::Version(_) = e {
+            return Err(StoreError::Unavailable(format!(
+                "log item {:?}: {e}: the fold waits (its batch is retried) until it is updated",
+                r.key
+            )));
+        }
+        tracing::error!(key = %r.key, sequence = %r.sequence, error = %e, "a log record does not decode: skipped, counted in pum_log_records_dropped_total");
+        self.stats.fold_dropped.fetch_add(1, Ordering::Relaxed);
+        let mut sums = Sums::new();
+        let name = encode::attribute_name(
+            encode::SHARED_GROUP,
+            &SeriesKey::new(own::LOG_RECORDS_DROPPED, &[]),
+            Component::Counter,
+        );
+        let item = sums
+            .entry(encode::partition_key(&r.region, 0, encode::SHARED_GROUP))
+            .or_default();
+        add_one(item, name, Operations::millionths(1.0))?;
+        // No acceptance time: the chunk keeps its other records'.
+        Ok((sums, 0))
     }
 
     /// Reads the allowlist stored under `fingerprint`.

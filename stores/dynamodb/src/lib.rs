@@ -17,15 +17,16 @@
 //!   (by the later of the push's clock and the store's). Its stream (`NEW_IMAGE`) feeds the fold.
 //!   It is never scanned.
 //! - the **totals** table, which the collector scans:
-//!   - one item per (writer region, shard, group); a group is one metric, or the shared group of
-//!     pum's per-push counters (see [`encode`] for the key and attribute layout). Each series
-//!     component is a top-level number attribute that the fold `ADD`s to;
+//!   - one item per (writer region, group), or a few for a group whose allowlist allows more
+//!     series than one item should hold ([`encode::items_for_group`]); a group is one metric, or
+//!     the shared group of pum's own counters (see [`encode`] for the key and attribute layout).
+//!     Each series component is a top-level number attribute that the fold `ADD`s to;
 //!   - one item per allowlist an ingest validated against ([`Store::describe`]): `pk` =
 //!     `allowlist:{fingerprint as 16 hex digits}`, `description` = the allowlist's canonical JSON
 //!     ([`Allowlist::description`]). It is written once, by a conditional put; the fold decodes
 //!     records with it and the collector renders from it;
 //!   - one checkpoint per stream shard the fold has applied (`checkpoint:{shard id}`, see
-//!     [`fold`]).
+//!     [`fold`]), which expires two days after its shard's last fold.
 //!
 //! ## One push, one write
 //!
@@ -175,10 +176,21 @@ pub struct Stats {
     pub folded: AtomicU64,
     /// Log records the fold found applied before (a batch delivered again).
     pub fold_skipped: AtomicU64,
+    /// Log records the fold could not decode and skipped.
+    pub fold_dropped: AtomicU64,
     /// Fold transactions retried after a conflict or throttling.
     pub retried: AtomicU64,
     /// Scan pages read.
     pub scan_pages: AtomicU64,
+}
+
+/// The SDK's HTTP client: rustls with ring (no OpenSSL to link).
+pub fn http_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
 }
 
 /// Builds an SDK config: TLS through rustls with ring, short timeouts (a push waits on the
@@ -186,13 +198,8 @@ pub struct Stats {
 /// retry mode. With `endpoint_url` (a local server), the credentials still come from the usual
 /// chain: set static ones in the environment.
 pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> SdkConfig {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
+        .http_client(http_client())
         .retry_config(RetryConfig::standard().with_max_attempts(3))
         .timeout_config(
             TimeoutConfig::builder()

@@ -24,7 +24,10 @@ fn checkpoint_lag(item: &HashMap<String, AttributeValue>, now_ms: u64) -> Option
         _ => None,
     };
     let folded_ms = number(CHECKPOINT_FOLDED_MS)?;
-    let record_ms = number(CHECKPOINT_RECORD_SECS)?.saturating_mul(1000);
+    // 0: the checkpoint's records were all skipped as undecodable, and tell no time.
+    let record_ms = number(CHECKPOINT_RECORD_SECS)
+        .filter(|s| *s > 0)?
+        .saturating_mul(1000);
     (now_ms.saturating_sub(folded_ms) <= LAG_HORIZON_MS)
         .then(|| Duration::from_millis(folded_ms.saturating_sub(record_ms)))
 }

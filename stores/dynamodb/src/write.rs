@@ -60,25 +60,13 @@ impl DynamoStore {
                 return Err(e);
             }
         };
-        let sent = self
-            .client
-            .put_item()
-            .table_name(&self.settings.log_table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#k)")
-            .expression_attribute_names("#k", KEY)
-            .send()
-            .await;
-        match sent {
-            Ok(_) => {
+        match self.put_new(&self.settings.log_table, item).await {
+            Ok(true) => {
                 self.stats.log_writes.fetch_add(1, Ordering::Relaxed);
                 self.stats.applied.fetch_add(1, Ordering::Relaxed);
                 Ok(Merged::Applied)
             }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
+            Ok(false) => {
                 // A put refused by its condition is billed all the same; it stored nothing.
                 self.ops.give_back(taken);
                 self.ops.count(Op::DynamoWriteUnits, units as f64);
@@ -87,8 +75,36 @@ impl DynamoStore {
             }
             Err(e) => {
                 self.ops.give_back(taken);
-                Err(unavailable(e))
+                Err(e)
             }
+        }
+    }
+
+    /// Puts `item` into `table` unless an item with its key is there: true if it was written,
+    /// false if the condition refused it.
+    async fn put_new(
+        &self,
+        table: &str,
+        item: HashMap<String, AttributeValue>,
+    ) -> Result<bool, StoreError> {
+        let sent = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#k)")
+            .expression_attribute_names("#k", KEY)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable(e)),
         }
     }
 
@@ -167,23 +183,8 @@ impl DynamoStore {
             ),
         ]);
         let units = item_size(&item).div_ceil(1024).max(1);
-        let sent = self
-            .client
-            .put_item()
-            .table_name(&self.settings.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#k)")
-            .expression_attribute_names("#k", KEY)
-            .send()
-            .await;
-        match sent {
-            Ok(_) => {}
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
-            Err(e) => return Err(unavailable(e)),
-        }
-        // Written or refused by its condition, the put is billed.
+        // Written or refused by its condition (written before), the put is billed.
+        self.put_new(&self.settings.table, item).await?;
         self.ops.count(Op::DynamoWriteUnits, units as f64);
         self.remember_allowlist(allowlist);
         Ok(())

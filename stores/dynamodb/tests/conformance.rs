@@ -298,7 +298,7 @@ async fn the_allowlist_is_written_once_and_read_back() {
         .describe(&list)
         .await
         .expect("describing again changes nothing");
-    let other = pum_shared::Allowlist::example();
+    let other = Allowlist::example();
     store.describe(&other).await.expect("describe another");
     let stored = store.read().await.expect("read");
     let mut want = vec![list.fingerprint(), other.fingerprint()];
@@ -497,4 +497,61 @@ async fn billable_operations_are_counted_in_the_totals_they_cost() {
         lag.abs_diff(want) < Duration::from_secs(2),
         "lag {lag:?}, want about {want:?}"
     );
+}
+
+/// Puts a log item as the ingest would, with `record` as its record.
+async fn put_log_item(store: &DynamoStore, key: &str, record: Vec<u8>) {
+    use aws_sdk_dynamodb::primitives::Blob;
+    use aws_sdk_dynamodb::types::AttributeValue;
+    store
+        .client()
+        .put_item()
+        .table_name(&store.settings().log_table)
+        .item(pum_dynamodb::KEY, AttributeValue::S(key.to_owned()))
+        .item(pum_dynamodb::RECORD, AttributeValue::B(Blob::new(record)))
+        .item(
+            pum_dynamodb::REGION,
+            AttributeValue::S(store.settings().region.clone()),
+        )
+        .send()
+        .await
+        .expect("put");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_that_does_not_decode_is_dropped_and_counted_and_another_version_waits() {
+    let store = server().fresh_store("undecodable", |_| {}).await;
+    let list = allowlist();
+    let ids: Vec<_> = (0..3).map(batch_id).collect();
+    let first = push(&list, Some(&ids[0]), delta(0));
+    store.merge(&first).await.expect("merge");
+    // This allowlist's header, then bytes that are no series.
+    let mut corrupt = vec![pum_shared::record::VERSION];
+    corrupt.extend(list.fingerprint().to_le_bytes());
+    corrupt.extend([0xff, 0xff, 0xff]);
+    put_log_item(&store, "corrupted-item-0001", corrupt).await;
+    let second = push(&list, Some(&ids[1]), delta(1));
+    store.merge(&second).await.expect("merge");
+    let records = stream(&store).await;
+    fold_all(&store, &records).await;
+    let mut want = expected(0..2);
+    want.add_counter(
+        SeriesKey::new(pum_shared::own::LOG_RECORDS_DROPPED, &[]),
+        1_000_000,
+    );
+    assert_eq!(data(&store).await, want);
+    assert_eq!(store.stats().fold_dropped.load(Ordering::Relaxed), 1);
+    // A record of a version this fold does not read: the fold fails and applies nothing, so
+    // that the platform retries it until the fold is updated.
+    let mut newer = vec![pum_shared::record::VERSION + 1];
+    newer.extend(list.fingerprint().to_le_bytes());
+    put_log_item(&store, "newer-version-0001", newer).await;
+    let third = push(&list, Some(&ids[2]), delta(2));
+    store.merge(&third).await.expect("merge");
+    for (shard, recs) in stream(&store).await {
+        let e = store.fold(&shard, &recs, 3).await.expect_err("waits");
+        assert!(e.to_string().contains("version"), "{e}");
+    }
+    assert_eq!(store.stats().fold_dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(data(&store).await, want);
 }

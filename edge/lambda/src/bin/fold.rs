@@ -21,19 +21,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use aws_lambda_events::event::dynamodb::{TimeWindowEvent, TimeWindowEventResponse};
 use lambda_runtime::{LambdaEvent, service_fn};
-use pum_dynamodb::{DynamoStore, Settings};
+use pum_dynamodb::DynamoStore;
 use pum_shared::own::Op;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PUM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .without_time()
-        .with_ansi(false)
-        .init();
+    pum_lambda::init_logging();
     let store = Arc::new(init().await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<TimeWindowEvent>| {
         let store = Arc::clone(&store);
@@ -44,24 +37,21 @@ async fn main() -> Result<(), lambda_runtime::Error> {
 
 async fn init() -> anyhow::Result<DynamoStore> {
     let var = |name: &str| std::env::var(name).ok();
-    let table = var("PUM_TABLE").context("PUM_TABLE must name the totals table")?;
-    let endpoint = var("PUM_DYNAMODB_ENDPOINT").filter(|s| !s.is_empty());
-    let sdk = pum_dynamodb::sdk_config(None, endpoint.as_deref()).await;
-    let region = sdk
-        .region()
-        .map(ToString::to_string)
-        .context("AWS_REGION is not set")?;
-    let mut settings = Settings::new(table, region);
-    if let Some(shards) = var("PUM_SHARDS") {
-        settings.shards = shards
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .context("PUM_SHARDS must be a number from 1 to 1000")?;
-    }
+    let store = pum_lambda::store(var, |settings| {
+        if let Some(shards) = var("PUM_SHARDS") {
+            settings.shards = shards
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .context("PUM_SHARDS must be a number from 1 to 1000")?;
+        }
+        Ok(())
+    })
+    .await?;
+    let settings = store.settings();
     tracing::info!(table = %settings.table, shards = settings.shards, "pum-fold ready");
-    Ok(DynamoStore::from_config(&sdk, settings))
+    Ok(store)
 }
 
 async fn fold(
@@ -84,5 +74,5 @@ async fn fold(
         "folded"
     );
     // No window state is kept: each invocation folds what it was given.
-    Ok(TimeWindowEventResponse::default())
+    Ok(pum_lambda::stream::folded())
 }
