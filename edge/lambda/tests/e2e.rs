@@ -376,6 +376,21 @@ impl Deployment {
         let allowlist = stored.allowlists.first().cloned().unwrap_or_default();
         series_of(&stored.totals(), &allowlist)
     }
+
+    /// Checks that the totals moved by exactly `want` since `before`. DynamoDB Local's stream can
+    /// show a record a moment after its write, so this folds and reads until they have (or
+    /// [`SETTLE`] passes), then once more, so that a count applied twice still fails.
+    async fn assert_moved(&self, before: &BTreeMap<String, f64>, want: &BTreeMap<String, f64>) {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let moved = mismatch(before, &self.totals().await, want).is_none();
+            if moved || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_deltas(before, &self.totals().await, want);
+    }
 }
 
 struct Answer {
@@ -390,18 +405,27 @@ fn get(s: &BTreeMap<String, f64>, series: &str) -> f64 {
     s.get(series).copied().unwrap_or(0.0)
 }
 
+/// The first series of `expected` that did not move by exactly its value between two reads.
+fn mismatch(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    expected: &BTreeMap<String, f64>,
+) -> Option<String> {
+    expected.iter().find_map(|(series, want)| {
+        let got = get(after, series) - get(before, series);
+        ((got - want).abs() >= 1e-6 * want.abs().max(1.0))
+            .then(|| format!("{series}: moved by {got}, want {want}"))
+    })
+}
+
 /// Checks that every series of `expected` moved by exactly its value between two reads.
 fn assert_deltas(
     before: &BTreeMap<String, f64>,
     after: &BTreeMap<String, f64>,
     expected: &BTreeMap<String, f64>,
 ) {
-    for (series, want) in expected {
-        let got = get(after, series) - get(before, series);
-        assert!(
-            (got - want).abs() < 1e-6 * want.abs().max(1.0),
-            "{series}: moved by {got}, want {want}"
-        );
+    if let Some(wrong) = mismatch(before, after, expected) {
+        panic!("{wrong}");
     }
 }
 
@@ -448,10 +472,9 @@ async fn a_store_outage_is_a_503_and_batches_count_once_across_it(d: &mut Deploy
         assert_eq!(a.status, 200, "{}", a.text);
         assert_eq!(a.body, json!({"accepted": 3, "rejected": []}));
     }
-    let after = d.totals().await;
     let mut want = expected(&[applied, retried]);
     want.extend([accepted(2)]);
-    assert_deltas(&before, &after, &want);
+    d.assert_moved(&before, &want).await;
 }
 
 /// The user's allowlist is in the table, and the collector, given no `--config`, renders the
@@ -538,7 +561,6 @@ async fn one_client_is_rate_limited_and_another_is_not(d: &Deployment) {
     }
     // 4 pushes stored, 2 refused: the refusals wrote nothing.
     assert_eq!(d.dynamo.stat("PutItem"), 4.0, "{}", d.dynamo.stats());
-    let after = d.totals().await;
     let mut want = expected(&batches);
     want.extend([accepted(4)]);
     want.insert("pum_pushes_total{result=\"rejected\"}".into(), 2.0);
@@ -546,7 +568,7 @@ async fn one_client_is_rate_limited_and_another_is_not(d: &Deployment) {
         "pum_pushes_rejected_total{reason=\"rate_limited\"}".into(),
         2.0,
     );
-    assert_deltas(&before, &after, &want);
+    d.assert_moved(&before, &want).await;
 }
 
 /// `pum-collector serve --source dynamodb` on a deployment's table, without `--config`.

@@ -218,8 +218,9 @@ impl Drop for LocalDynamo {
 /// each record handed on once per poller (a new poller starts again from the oldest record,
 /// which is a re-delivery of everything: the fold's checkpoints must make it harmless).
 ///
-/// It stands in for the mapping in tests only: it has no batching window, no retries and no
-/// parallelism of its own.
+/// It stands in for the mapping in tests only: it has no batching window and no parallelism of
+/// its own. Like the mapping, it hands a batch on again when its fold failed:
+/// [`StreamPoller::rewind`] goes back to where it was before.
 pub struct StreamPoller {
     client: streams::Client,
     stream_arn: String,
@@ -247,6 +248,16 @@ impl StreamPoller {
             stream_arn,
             after: HashMap::new(),
         }
+    }
+
+    /// Where the poller is: the last sequence number handed on, by shard.
+    pub fn positions(&self) -> HashMap<String, String> {
+        self.after.clone()
+    }
+
+    /// Goes back to `positions`, so that the next poll hands on again what came after them.
+    pub fn rewind(&mut self, positions: HashMap<String, String>) {
+        self.after = positions;
     }
 
     /// Every record not handed on yet, by shard, each shard's in order.
@@ -383,18 +394,29 @@ impl FoldedStore {
     }
 
     /// Folds whatever the stream holds that this store's poller has not handed on yet. One fold
-    /// at a time, as the event source mapping runs one invocation per shard at a time.
+    /// at a time, as the event source mapping runs one invocation per shard at a time; a fold
+    /// that fails leaves the poller where it was, so the next one gets the same records again.
     pub async fn fold_now(&self) -> Result<Folded, StoreError> {
         let mut poller = self.poller.lock().await;
+        let before = poller.positions();
         let mut total = Folded::default();
-        for (shard, records) in poller.poll().await? {
-            let folded = self
-                .store
-                .fold(&shard, &records, crate::write::wall_clock_ms())
-                .await?;
-            total.applied += folded.applied;
-            total.skipped += folded.skipped;
-            total.chunks += folded.chunks;
+        let folded = async {
+            for (shard, records) in poller.poll().await? {
+                let folded = self
+                    .store
+                    .fold(&shard, &records, crate::write::wall_clock_ms())
+                    .await?;
+                total.applied += folded.applied;
+                total.skipped += folded.skipped;
+                total.chunks += folded.chunks;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = folded {
+            // The mapping retries a batch whose fold failed: the next fold gets it again.
+            poller.rewind(before);
+            return Err(e);
         }
         Ok(total)
     }
