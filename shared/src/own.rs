@@ -6,7 +6,7 @@
 //! [`PROCESS`] are kept by the process that serves them (the collector, standalone's servers) and
 //! never stored.
 
-use crate::aggregate::{Aggregate, SeriesKey};
+use crate::aggregate::{Aggregate, SeriesKey, SeriesValue};
 use crate::ingest::Rejection;
 use crate::reason::Reason;
 
@@ -116,6 +116,20 @@ pub fn without_operations(totals: &Aggregate) -> Aggregate {
         }
     }
     data
+}
+
+/// [`STORE_OPERATIONS`] in `totals`, in units, by the `op` label's value.
+pub fn operations_in(totals: &Aggregate) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for (key, value) in totals.iter() {
+        if &**key.metric() == STORE_OPERATIONS
+            && let Some((_, op)) = key.labels().first()
+            && let SeriesValue::Counter { micros } = value
+        {
+            out.insert(op.to_string(), crate::aggregate::micros_to_f64(*micros));
+        }
+    }
+    out
 }
 
 /// The series key of [`STORE_OPERATIONS`] for `op`.

@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use pum_dynamodb::testing::{FoldedStore, LocalDynamo, REGION};
+use pum_dynamodb::write_units;
 use pum_e2e::{Target, series_of};
 use pum_shared::allowlist::EXAMPLE_ALLOWLIST;
 use pum_shared::corpus::{demo_batch as batch, demo_totals as expected};
@@ -848,27 +849,9 @@ async fn items_of(
     }
 }
 
-/// Write units of an item as DynamoDB bills them: 1 per KB.
-fn units(item: &HashMap<String, AttributeValue>) -> usize {
-    pum_dynamodb::item_size(item).div_ceil(1024).max(1)
-}
-
 /// The stored `pum_store_operations_total`, by op.
 async fn stored_ops(d: &Deployment) -> BTreeMap<String, f64> {
-    let totals = d.reader.read().await.expect("read").totals();
-    let mut out = BTreeMap::new();
-    for (key, value) in totals.iter() {
-        if &**key.metric() == pum_shared::own::STORE_OPERATIONS
-            && let Some((_, op)) = key.labels().first()
-            && let pum_shared::SeriesValue::Counter { micros } = value
-        {
-            out.insert(
-                op.to_string(),
-                pum_shared::aggregate::micros_to_f64(*micros),
-            );
-        }
-    }
-    out
+    pum_shared::own::operations_in(&d.reader.read().await.expect("read").totals())
 }
 
 /// The function process under `cargo lambda watch` (its optimised build): user plus system CPU
@@ -991,7 +974,7 @@ async fn bench(n: usize) {
             let log_units: usize = log
                 .iter()
                 .filter(|(pk, _)| pk.starts_with(&prefix))
-                .map(|(_, item)| units(item))
+                .map(|(_, item)| write_units(item))
                 .sum();
             let folded = d.reader.fold_now().await.expect("the fold");
             let totals_after = items_of(&d, &settings.table).await;
@@ -1001,7 +984,7 @@ async fn bench(n: usize) {
             let mut touched = 0usize;
             for (pk, item) in &totals_after {
                 if totals_before.get(pk) != Some(item) {
-                    fold_units += 2 * units(item);
+                    fold_units += 2 * write_units(item);
                     touched += 1;
                 }
             }
@@ -1042,7 +1025,7 @@ async fn bench(n: usize) {
     let refused_units: usize = log
         .iter()
         .filter(|(pk, _)| pk.starts_with("e2e-refused-"))
-        .map(|(_, item)| units(item))
+        .map(|(_, item)| write_units(item))
         .sum();
     println!(
         "bench: 10 pushes refused whole: {} log items, {refused_units} write units",
@@ -1053,7 +1036,7 @@ async fn bench(n: usize) {
         assert_eq!(a.status, 200, "{}", a.text);
     }
     let replayed_units: usize = (0..10)
-        .map(|i| log.get(&batch_id("mixed90", i)).map_or(0, units))
+        .map(|i| log.get(&batch_id("mixed90", i)).map_or(0, write_units))
         .sum();
     println!(
         "bench: 10 batches sent again: {} new log items, {replayed_units} write units (refused puts)",

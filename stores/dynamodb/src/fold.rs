@@ -44,6 +44,7 @@
 
 use std::cmp::Ordering as Cmp;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -366,21 +367,14 @@ impl DynamoStore {
         tracing::error!(key = %r.key, sequence = %r.sequence, error = %e, "a log record does not decode: skipped, counted in pum_log_records_dropped_total");
         self.stats.fold_dropped.fetch_add(1, Ordering::Relaxed);
         let mut sums = Sums::new();
-        let name = encode::attribute_name(
-            encode::SHARED_GROUP,
-            &SeriesKey::new(own::LOG_RECORDS_DROPPED, &[]),
-            Component::Counter,
-        );
-        let item = sums
-            .entry(encode::partition_key(&r.region, 0, encode::SHARED_GROUP))
-            .or_default();
-        add_one(item, name, Operations::millionths(1.0))?;
+        let dropped = SeriesKey::new(own::LOG_RECORDS_DROPPED, &[]);
+        add_own(&mut sums, &r.region, &dropped, Operations::millionths(1.0))?;
         // No acceptance time: the chunk keeps its other records'.
         Ok((sums, 0))
     }
 
     /// Reads the allowlist stored under `fingerprint`.
-    async fn read_allowlist(&self, fingerprint: u64) -> Result<Allowlist, StoreError> {
+    async fn read_allowlist(&self, fingerprint: u64) -> Result<Arc<Allowlist>, StoreError> {
         let pk = format!("{}{fingerprint:016x}", crate::ALLOWLIST_PREFIX);
         let got = self
             .client
@@ -397,10 +391,10 @@ impl DynamoStore {
                 "no allowlist {pk:?} to decode a log record with"
             )));
         };
-        let allowlist = Allowlist::from_description(text).map_err(|e| {
+        let allowlist = Arc::new(Allowlist::from_description(text).map_err(|e| {
             StoreError::Corrupt(format!("item {pk:?}: the allowlist does not read: {e}"))
-        })?;
-        self.remember_allowlist(&allowlist);
+        })?);
+        self.remember_allowlist(Arc::clone(&allowlist));
         Ok(allowlist)
     }
 
@@ -484,15 +478,14 @@ impl DynamoStore {
         ops: [u128; 3],
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
         let mut sums = chunk.sums.clone();
-        let shared = encode::partition_key(&self.settings.region, 0, encode::SHARED_GROUP);
         for (op, n) in Op::ALL.into_iter().zip(ops) {
             if n > 0 {
-                let name = encode::attribute_name(
-                    encode::SHARED_GROUP,
+                add_own(
+                    &mut sums,
+                    &self.settings.region,
                     &own::operations_key(op),
-                    Component::Counter,
-                );
-                add_one(sums.entry(shared.clone()).or_default(), name, n)?;
+                    n,
+                )?;
             }
         }
         let mut items = Vec::with_capacity(sums.len() + 1);
@@ -614,6 +607,15 @@ fn add_sums(sums: &mut Sums, items: Sums) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Adds `n` to pum's own counter `key` in `region`'s item of own counters.
+fn add_own(sums: &mut Sums, region: &str, key: &SeriesKey, n: u128) -> Result<(), StoreError> {
+    let name = encode::attribute_name(encode::SHARED_GROUP, key, Component::Counter);
+    let item = sums
+        .entry(encode::partition_key(region, 0, encode::SHARED_GROUP))
+        .or_default();
+    add_one(item, name, n)
 }
 
 fn add_one(item: &mut BTreeMap<String, u128>, name: String, n: u128) -> Result<(), StoreError> {

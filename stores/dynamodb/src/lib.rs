@@ -93,7 +93,7 @@ mod read;
 pub mod testing;
 mod write;
 
-pub use read::item_size;
+pub use read::{item_size, write_units};
 
 /// The partition key attribute of both tables.
 pub const KEY: &str = "pk";
@@ -224,7 +224,7 @@ pub struct DynamoStore {
     settings: Arc<Settings>,
     stats: Arc<Stats>,
     /// Allowlists described (by this process) or read back (by the fold), by fingerprint.
-    allowlists: Arc<Mutex<HashMap<u64, Allowlist>>>,
+    allowlists: Arc<Mutex<HashMap<u64, Arc<Allowlist>>>>,
     /// Billable operations not yet written: carried by the next log item (the ingest) or fold
     /// transaction (the fold) into the totals.
     ops: Arc<Operations>,

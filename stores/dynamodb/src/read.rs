@@ -164,6 +164,11 @@ fn read_item(
     Ok(())
 }
 
+/// The write units DynamoDB bills for writing `item` outside a transaction: 1 per KB of it.
+pub fn write_units(item: &HashMap<String, AttributeValue>) -> usize {
+    item_size(item).div_ceil(1024).max(1)
+}
+
 /// DynamoDB's billed size of an item: attribute names plus values.
 pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
     item.iter()

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +15,7 @@ use pum_shared::{Allowlist, StoreError};
 
 use crate::{
     DESCRIPTION, DynamoStore, EXPIRES, KEY, RECORD, REGION, allowlist_key, attribute_s, encode,
-    item_size, unavailable,
+    unavailable, write_units,
 };
 
 impl DynamoStore {
@@ -138,7 +139,7 @@ impl DynamoStore {
                 (REGION.to_owned(), attribute_s(&self.settings.region)),
                 (EXPIRES.to_owned(), AttributeValue::N(expires.to_string())),
             ]);
-            let needs = item_size(&item).div_ceil(1024).max(1);
+            let needs = write_units(&item);
             // The count's own digits can push the item over a KB boundary: settle on a count
             // that pays for the item it is in (a larger one grows by a byte at most).
             if needs <= units {
@@ -157,8 +158,9 @@ impl DynamoStore {
         self.put_description(allowlist).await
     }
 
-    /// An allowlist this process described or read back.
-    pub(crate) fn known_allowlist(&self, fingerprint: u64) -> Option<Allowlist> {
+    /// An allowlist this process described or read back (shared: the ingest asks on every push,
+    /// the fold on every record).
+    pub(crate) fn known_allowlist(&self, fingerprint: u64) -> Option<Arc<Allowlist>> {
         self.allowlists
             .lock()
             .ok()
@@ -166,9 +168,9 @@ impl DynamoStore {
     }
 
     /// Remembers an allowlist described or read back.
-    pub(crate) fn remember_allowlist(&self, allowlist: &Allowlist) {
+    pub(crate) fn remember_allowlist(&self, allowlist: Arc<Allowlist>) {
         if let Ok(mut m) = self.allowlists.lock() {
-            m.insert(allowlist.fingerprint(), allowlist.clone());
+            m.insert(allowlist.fingerprint(), allowlist);
         }
     }
 
@@ -182,11 +184,11 @@ impl DynamoStore {
                 AttributeValue::S(allowlist.description()),
             ),
         ]);
-        let units = item_size(&item).div_ceil(1024).max(1);
+        let units = write_units(&item);
         // Written or refused by its condition (written before), the put is billed.
         self.put_new(&self.settings.table, item).await?;
         self.ops.count(Op::DynamoWriteUnits, units as f64);
-        self.remember_allowlist(allowlist);
+        self.remember_allowlist(Arc::new(allowlist.clone()));
         Ok(())
     }
 }

@@ -429,16 +429,7 @@ async fn huge_pushes_are_folded_in_parts_and_still_exact() {
 
 /// The store's `pum_store_operations_total`, by op.
 async fn operations(store: &DynamoStore) -> std::collections::BTreeMap<String, f64> {
-    let mut out = std::collections::BTreeMap::new();
-    for (key, value) in store.read().await.expect("read").totals().iter() {
-        if &**key.metric() == pum_shared::own::STORE_OPERATIONS
-            && let pum_shared::SeriesValue::Counter { micros } = value
-        {
-            let op = key.labels()[0].1.to_string();
-            out.insert(op, pum_shared::aggregate::micros_to_f64(*micros));
-        }
-    }
-    out
+    pum_shared::own::operations_in(&store.read().await.expect("read").totals())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
