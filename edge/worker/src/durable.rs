@@ -20,6 +20,7 @@ use pum_shard::ShardError;
 use pum_shared::Merged;
 use worker::{Date, DurableObject, Env, Request, Response, Result, State, durable_object};
 
+use crate::route;
 use crate::settings::{FOLD_SECONDS, env_text};
 use crate::sql::DurableSql;
 use crate::store::KV_BINDING;
@@ -82,12 +83,10 @@ impl DurableObject for Shard {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let url = req.url()?;
-        let name = url
-            .query_pairs()
-            .find(|(k, _)| k == "shard")
-            .map(|(_, v)| v.into_owned());
-        let done = match url.path() {
+        let url = req.inner().url();
+        let (path, query) = route::split(&url);
+        let name = route::param(query, "shard").map(str::to_owned);
+        let done = match path {
             "/merge" => {
                 let record = req.bytes().await?;
                 if let Err(e) = self.schedule_if_unset().await {

@@ -14,6 +14,7 @@ use pum_shared::ratelimit::parse_client;
 use worker::{Context, Env, Headers, Method, Request, Response, Result, event};
 
 use crate::export::{self, EXPORT_PATH, SHARD_STATS_PATH};
+use crate::route;
 use crate::settings::{Settings, env_text};
 use crate::store::{self, ShardStore};
 
@@ -56,8 +57,9 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
         let message = "the Worker's configuration is invalid; its log says why (npx wrangler tail)";
         return respond(CoreResponse::error(500, "config_invalid", message));
     };
-    let url = req.url()?;
-    if let path @ (EXPORT_PATH | SHARD_STATS_PATH) = url.path() {
+    let url = req.inner().url();
+    let (path, query) = route::split(&url);
+    if let path @ (EXPORT_PATH | SHARD_STATS_PATH) = path {
         if !matches!(req.method(), Method::Get | Method::Head) {
             return respond(http::method_not_allowed("GET, HEAD"));
         }
@@ -81,8 +83,8 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let country = req.cf().and_then(|cf| cf.country());
     let core = app::Request {
         method: app::Method::parse(req.method().as_ref()),
-        path: url.path(),
-        query: url.query(),
+        path,
+        query,
         origin: origin.as_deref(),
         content_type: content_type.as_deref(),
         if_none_match: if_none_match.as_deref(),

@@ -33,6 +33,7 @@
 //!   (build.sh runs it).
 
 pub mod export;
+pub mod route;
 pub mod settings;
 
 #[cfg(target_arch = "wasm32")]
