@@ -79,9 +79,14 @@ impl Worker {
                 "--log-level",
                 "warn",
             ])
-            .args(["--var", &format!("PUM_EXPORT_TOKEN:{TOKEN}")])
-            // Fold every second (the fastest), so that totals arrive quickly.
-            .args(["--var", "PUM_FOLD_SECONDS:1"]);
+            .args(["--var", &format!("PUM_EXPORT_TOKEN:{TOKEN}")]);
+        // Fold and publish every second (the fastest), so that totals arrive quickly, unless
+        // the test sets them.
+        for (k, v) in [("PUM_FOLD_SECONDS", "1"), ("PUM_PUBLISH_SECONDS", "1")] {
+            if !vars.iter().any(|(name, _)| *name == k) {
+                cmd.args(["--var", &format!("{k}:{v}")]);
+            }
+        }
         for (k, v) in vars {
             cmd.args(["--var", &format!("{k}:{v}")]);
         }
@@ -277,7 +282,9 @@ async fn push(client: &reqwest::Client, url: &str, body: &Value, ct: &str) -> (u
     (status, resp.json().await.expect("answers are JSON"))
 }
 
-/// Pushes `batches` over `connections` concurrent clients; every one must be acknowledged.
+/// Pushes `batches` over `connections` concurrent clients, each sending its next push when the
+/// last is answered; every one must be acknowledged. `url` may end in `?batch=`: each push then
+/// names a batch id of its own.
 async fn push_concurrently(url: &str, batches: &[Value], connections: usize) {
     let batches = Arc::new(batches.to_vec());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -289,6 +296,10 @@ async fn push_concurrently(url: &str, batches: &[Value], connections: usize) {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(b) = batches.get(i) else { break };
+                let url = match url.strip_suffix("?batch=") {
+                    Some(base) => format!("{base}?batch=concurrent-{i:012}"),
+                    None => url.clone(),
+                };
                 let (status, body) = push(&c, &url, b, "text/plain;charset=UTF-8").await;
                 assert_eq!(status, 200, "push {i}: {body}");
             }
@@ -392,13 +403,14 @@ async fn the_worker_passes_the_end_to_end_suite_and_a_replay_after_kill_9_counts
         std::future::ready(target)
     })
     .await;
-    // What the shards wrote: one row per push stored, none for a replay.
+    // What the shards wrote: one row per group of pushes stored, none for a replay.
     let (worker, _collector) = running.take().expect("the Worker runs");
     settle(&worker, &target).await;
     let stats = stats(&client(), &worker).await;
     for s in stats["shards"].as_array().expect("shards") {
         let st = &s["stats"];
-        assert_eq!(st["rows_written_by_pushes"], st["pushes"], "{stats}");
+        assert_eq!(st["rows_written_by_pushes"], st["commits"], "{stats}");
+        assert!(st["commits"].as_u64() <= st["pushes"].as_u64(), "{stats}");
     }
     let replays = sum_over_shards(&stats, "replays");
     assert_eq!(replays, 1, "the replay after the restart: {stats}");
@@ -438,10 +450,10 @@ async fn seed_pushes_appear_exactly_on_metrics_at_one_row_per_push() {
             .contains("# TYPE demo_third_party_api_seconds histogram")
     );
 
-    // What the pushes cost: one row written per push, whichever shard took it.
+    // What the pushes cost: one after the other, each push is a group of its own, one row.
     let stats = stats(&c, &worker).await;
     let shards = stats["shards"].as_array().expect("shards");
-    assert_eq!(shards.len(), 4, "the default SHARDS: {stats}");
+    assert_eq!(shards.len(), 1, "the default SHARDS: {stats}");
     let mut pushes = 0;
     for s in shards {
         let st = &s["stats"];
@@ -508,6 +520,96 @@ async fn concurrent_pushes_are_all_counted_and_survive_a_restart() {
         assert_eq!(scrape.get("pum_pushes_total{result=\"accepted\"}"), want);
         assert_eq!(scrape.get("metrics_aggregator_record_total"), want);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs wrangler and a built Worker: run edge/worker/test.sh"]
+async fn concurrent_pushes_share_row_writes_and_count_exactly() {
+    // Rows written per push at 8 and at 64 clients pushing in a loop, with the default shards
+    // and commit wait: group commit must take it to at most 0.5 and 0.1.
+    for (clients, pushes, most) in [(8, 240, 0.5), (64, 640, 0.1)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let worker = Worker::start(&dir.path().join("state"), &[("PUM_RATE_LIMIT", "0")]);
+        let c = client();
+        let batches: Vec<Value> = (0..pushes).map(batch).collect();
+        let url = format!("{}?batch=", worker.record_url());
+        push_concurrently(&url, &batches, clients).await;
+        // The shards' counters live in memory: read them at once.
+        let counters = stats(&c, &worker).await;
+        let stored = sum_over_shards(&counters, "pushes");
+        let rows = sum_over_shards(&counters, "rows_written_by_pushes");
+        let per_push = rows as f64 / stored as f64;
+        println!("{clients} clients: {pushes} pushes, {rows} rows written, {per_push:.3} a push");
+        assert_eq!(stored, pushes as u64, "{counters}");
+        assert!(
+            per_push <= most,
+            "{clients} clients: {per_push:.3} rows a push: {counters}"
+        );
+
+        // Exact all the same: every push once, and the same pushes again are all replays.
+        push_concurrently(&url, &batches, clients).await;
+        let collector = Collector::start(&worker);
+        let want = pushes as f64;
+        let scrape = collector
+            .scrape_until_expected(&c, &expected_totals(&batches), |s| {
+                s.get("pum_pushes_total{result=\"accepted\"}") >= want
+            })
+            .await;
+        assert_eq!(scrape.get("pum_pushes_total{result=\"accepted\"}"), want);
+        let counters = stats(&c, &worker).await;
+        assert_eq!(
+            sum_over_shards(&counters, "replays"),
+            pushes as u64,
+            "{counters}"
+        );
+        // What the platform bills, counted in the totals: a Worker request and a Durable
+        // Object request for each push stored (the replays' wait for a later push to carry
+        // them), and the rows the stored groups took.
+        let op = |name: &str| scrape.get(&format!("pum_store_operations_total{{op=\"{name}\"}}"));
+        assert!(op("worker_requests") >= want, "{}", scrape.text);
+        assert!(op("do_requests") >= want, "{}", scrape.text);
+        assert!(op("sqlite_rows_written") >= rows as f64, "{}", scrape.text);
+        assert!(op("sqlite_rows_written") < want, "{}", scrape.text);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs wrangler and a built Worker: run edge/worker/test.sh"]
+async fn an_idle_shard_writes_no_kv() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = Worker::start(&dir.path().join("state"), &[]);
+    let c = client();
+    let batches: Vec<Value> = (0..5).map(batch).collect();
+    push_concurrently(&worker.record_url(), &batches, 5).await;
+    let collector = Collector::start(&worker);
+    collector
+        .scrape_until_expected(&c, &expected_totals(&batches), |s| {
+            s.get("metrics_aggregator_record_total") >= 5.0
+        })
+        .await;
+    let kv_writes = |stats: &Value| sum_over_shards(stats, "kv_writes");
+    let mut before = stats(&c, &worker).await;
+    // Published: nothing pending, KV up to date.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while before["shards"][0]["dirty"] != json!(false) || before["shards"][0]["pending"] != 0 {
+        assert!(Instant::now() < deadline, "never published: {before}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        before = stats(&c, &worker).await;
+    }
+    assert!(kv_writes(&before) >= 1, "{before}");
+    // Five publish periods with nothing new: no alarm fires, nothing is written.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = stats(&c, &worker).await;
+    assert_eq!(kv_writes(&after), kv_writes(&before), "{before}\n{after}");
+    assert_eq!(
+        sum_over_shards(&after, "alarms"),
+        sum_over_shards(&before, "alarms"),
+        "{before}\n{after}"
+    );
+    assert!(
+        sum_over_shards(&after, "pushes") >= 1,
+        "the shard was not restarted: {after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

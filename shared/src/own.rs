@@ -36,14 +36,29 @@ pub enum Op {
     DynamoReadUnits,
     /// Lambda invocations (requests).
     LambdaInvocations,
+    /// Cloudflare Worker requests (invocations of its fetch handler).
+    WorkerRequests,
+    /// Durable Object requests: the Worker's requests to the shards, and the shards' alarms.
+    DoRequests,
+    /// Rows written to the shards' SQLite storage (`setAlarm` counts as one).
+    SqliteRowsWritten,
+    /// Workers KV writes (the shards' publications).
+    KvWrites,
 }
+
+/// Counts of each [`Op`] in millionths, in [`Op::ALL`]'s order.
+pub type Counts = [u128; Op::ALL.len()];
 
 impl Op {
     /// Every op, in label order.
-    pub const ALL: [Op; 3] = [
+    pub const ALL: [Op; 7] = [
         Op::DynamoWriteUnits,
         Op::DynamoReadUnits,
         Op::LambdaInvocations,
+        Op::WorkerRequests,
+        Op::DoRequests,
+        Op::SqliteRowsWritten,
+        Op::KvWrites,
     ];
 
     /// The `op` label's value.
@@ -52,6 +67,10 @@ impl Op {
             Op::DynamoWriteUnits => "dynamodb_write_units",
             Op::DynamoReadUnits => "dynamodb_read_units",
             Op::LambdaInvocations => "lambda_invocations",
+            Op::WorkerRequests => "worker_requests",
+            Op::DoRequests => "do_requests",
+            Op::SqliteRowsWritten => "sqlite_rows_written",
+            Op::KvWrites => "kv_writes",
         }
     }
 }
@@ -61,7 +80,7 @@ impl Op {
 /// stores nothing.
 #[derive(Debug, Default)]
 pub struct Operations {
-    pending: std::sync::Mutex<[u128; 3]>,
+    pending: std::sync::Mutex<Counts>,
 }
 
 impl Operations {
@@ -75,12 +94,12 @@ impl Operations {
     }
 
     /// Takes what is pending, leaving nothing.
-    pub fn take(&self) -> [u128; 3] {
+    pub fn take(&self) -> Counts {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Gives back what [`Operations::take`] took, for a write that stored nothing.
-    pub fn give_back(&self, taken: [u128; 3]) {
+    pub fn give_back(&self, taken: Counts) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for (have, back) in p.iter_mut().zip(taken) {
             *have = have.saturating_add(back);
@@ -97,7 +116,7 @@ impl Operations {
     }
 
     /// Adds `taken` (millionths, by [`Op`]) to `delta` as [`STORE_OPERATIONS`].
-    pub fn add_to(delta: &mut Aggregate, taken: [u128; 3]) {
+    pub fn add_to(delta: &mut Aggregate, taken: Counts) {
         for (op, n) in Op::ALL.into_iter().zip(taken) {
             if n > 0 {
                 delta.add_counter(operations_key(op), n);
@@ -230,7 +249,7 @@ pub const STORED: &[OwnMetric] = &[
     },
     OwnMetric {
         name: STORE_OPERATIONS,
-        help: "Billable operations of the platform and the store, by op: dynamodb_write_units, dynamodb_read_units and lambda_invocations on AWS.",
+        help: "Billable operations of the platform and the store, by op: dynamodb_write_units, dynamodb_read_units and lambda_invocations on AWS; worker_requests, do_requests, sqlite_rows_written and kv_writes on Cloudflare.",
         kind: Kind::Counter,
         labels: &[(
             "op",
@@ -238,6 +257,10 @@ pub const STORED: &[OwnMetric] = &[
                 Op::DynamoWriteUnits.as_str(),
                 Op::DynamoReadUnits.as_str(),
                 Op::LambdaInvocations.as_str(),
+                Op::WorkerRequests.as_str(),
+                Op::DoRequests.as_str(),
+                Op::SqliteRowsWritten.as_str(),
+                Op::KvWrites.as_str(),
             ]),
         )],
     },

@@ -49,7 +49,7 @@ pub struct Push<'a> {
     pub allowlist: &'a Allowlist,
 }
 
-impl Push<'_> {
+impl<'a> Push<'a> {
     /// The push as a delta record ([`crate::record`]), for stores that keep or send the record.
     pub fn record(&self) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::with_capacity(256);
@@ -62,6 +62,19 @@ impl Push<'_> {
         )
         .map_err(|e| StoreError::Corrupt(format!("the push does not encode: {e}")))?;
         Ok(out)
+    }
+
+    /// The push with billable operations `taken` ([`crate::own::Operations::take`]) added to its
+    /// delta, for a store that carries them in the push's record.
+    pub fn with_operations(&self, taken: crate::own::Counts) -> Push<'a> {
+        let mut delta = self.delta.clone();
+        crate::own::Operations::add_to(&mut delta, taken);
+        Push {
+            batch: self.batch,
+            now_ms: self.now_ms,
+            delta,
+            allowlist: self.allowlist,
+        }
     }
 }
 

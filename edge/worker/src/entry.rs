@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use pum_shared::BodyError;
 use pum_shared::app::{self, App, Body};
 use pum_shared::http::{self, Response as CoreResponse};
+use pum_shared::own::Op;
 use pum_shared::ratelimit::parse_client;
 use worker::{Context, Env, Headers, Method, Request, Response, Result, event};
 
@@ -57,6 +58,12 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
         let message = "the Worker's configuration is invalid; its log says why (npx wrangler tail)";
         return respond(CoreResponse::error(500, "config_invalid", message));
     };
+    // Every request is billed, exports and refusals too: the next push stored carries the count.
+    ingest
+        .app
+        .store()
+        .operations()
+        .count(Op::WorkerRequests, 1.0);
     let url = req.inner().url();
     let (path, query) = route::split(&url);
     if let path @ (EXPORT_PATH | SHARD_STATS_PATH) = path {

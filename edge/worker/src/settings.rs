@@ -9,8 +9,10 @@
 //!
 //! | name | default | what |
 //! | --- | --- | --- |
-//! | `PUM_SHARDS` | `4` | Durable Objects pushes are spread over (1 to 1024) |
-//! | `PUM_FOLD_SECONDS` | `5` | seconds between a shard's folds while pushes arrive (1 to 3600; read by the shards, see `pum_shard`) |
+//! | `PUM_SHARDS` | `1` | Durable Objects pushes are spread over (1 to 1024) |
+//! | `PUM_FOLD_SECONDS` | `10` | seconds between a shard's folds while pushes arrive (1 to 3600) |
+//! | `PUM_PUBLISH_SECONDS` | `30` | seconds between a shard's KV writes while its totals change (1 to 3600): how long before a push shows on `/metrics`, and what KV costs |
+//! | `PUM_COMMIT_WAIT_MS` | `25` | milliseconds a shard waits to group pushes into one row write (0 to 1000) |
 //! | `PUM_EXPORT_TOKEN` | none | bearer token of `GET /export`; a secret. Without it the export refuses every request. |
 //!
 //! The rate limit is kept in each isolate's memory, not shared across isolates or locations:
@@ -29,15 +31,14 @@ const BUILT_IN: &str = include_str!(concat!(env!("OUT_DIR"), "/allowlist.json"))
 
 /// Shards pushes are spread over.
 pub const SHARDS: &str = "PUM_SHARDS";
-/// Seconds between a shard's folds.
-pub const FOLD_SECONDS: &str = "PUM_FOLD_SECONDS";
 /// The export's bearer token.
 pub const EXPORT_TOKEN: &str = "PUM_EXPORT_TOKEN";
 
-/// Default number of shards. A Durable Object handles about 1,000 simple requests a second, so 4
-/// shards take a few thousand pushes a second; each shard costs a fold every `PUM_FOLD_SECONDS`
-/// while pushes arrive, so fewer is cheaper (docs/cloudflare.md, "What it costs").
-pub const DEFAULT_SHARDS: u32 = 4;
+/// Default number of shards. One Durable Object takes about 1,000 requests a second, and
+/// pushes to one shard share its row writes (group commit) and its folds and KV writes, so one
+/// is both enough and cheapest up to several hundred pushes a second (docs/cloudflare.md, "What
+/// it costs").
+pub const DEFAULT_SHARDS: u32 = 1;
 /// Most shards a deployment may use.
 pub const MAX_SHARDS: u32 = 1024;
 
@@ -48,6 +49,9 @@ pub struct Settings {
     pub app: app::Settings,
     /// Number of shards.
     pub shards: u32,
+    /// The shards' timing (read by the shards themselves; checked here, so that a bad var
+    /// refuses pushes with `config_invalid` instead of being ignored).
+    pub timing: pum_shard::Timing,
     /// The export endpoint's bearer token, if one is set.
     pub export_token: Option<String>,
 }
@@ -71,9 +75,11 @@ impl Settings {
                 }
             },
         };
+        let timing = pum_shard::Timing::from_vars(&var)?;
         Ok(Settings {
             app,
             shards,
+            timing,
             export_token: var(EXPORT_TOKEN).filter(|t| !t.is_empty()),
         })
     }
@@ -108,7 +114,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_the_example_allowlist_any_origin_four_shards_no_token() {
+    fn defaults_are_the_example_allowlist_any_origin_one_shard_no_token() {
         let s = settings(&[]).expect("defaults");
         let list = s.app.ingest.allowlist();
         assert!(list.get("demo_feature_usage_total").is_some());
@@ -157,6 +163,9 @@ mod tests {
             ("PUM_ALLOWLIST_JSON", "{"),
             ("PUM_BROWSER_PACK", "yes"),
             ("PUM_RATE_BURST", "0"),
+            ("PUM_FOLD_SECONDS", "0"),
+            ("PUM_PUBLISH_SECONDS", "an hour"),
+            ("PUM_COMMIT_WAIT_MS", "5000"),
         ] {
             let e = settings(&[(var, value)]).expect_err("refused");
             assert!(e.contains(var), "{var}: {e}");

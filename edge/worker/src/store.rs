@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use pum_shard::publish::{KV_PREFIX, Publication};
 use pum_shared::batch::BatchId;
 use pum_shared::http::{self, Response as CoreResponse};
+use pum_shared::own::{Op, Operations};
 use pum_shared::{Aggregate, Allowlist, Merged, Push, Read, Store, StoreError, Stored};
 use worker::{Env, Method, Request, RequestInit, Stub};
 
@@ -28,12 +29,25 @@ pub const KV_BINDING: &str = "SNAPSHOTS";
 pub struct ShardStore {
     env: Env,
     shards: u32,
+    /// Billable operations of this isolate not yet stored: carried by the next push it stores.
+    ops: Operations,
 }
 
 impl ShardStore {
     /// The store over `shards` shards of `env`'s namespace.
     pub fn new(env: Env, shards: u32) -> Self {
-        ShardStore { env, shards }
+        ShardStore {
+            env,
+            shards,
+            ops: Operations::default(),
+        }
+    }
+
+    /// The isolate's billable operations not yet stored (the Worker's requests, counted by the
+    /// fetch handler, and its Durable Object requests): the next push stored carries them into
+    /// the totals, as `pum_store_operations_total`.
+    pub fn operations(&self) -> &Operations {
+        &self.ops
     }
 }
 
@@ -71,8 +85,24 @@ impl Store for ShardStore {
 
 impl ShardStore {
     /// Sends the push's record to its shard, describing the allowlist to the shard if it asks.
+    /// The record carries the operations counted so far, its own request to the shard
+    /// included; a push that stores nothing gives them back for the next one.
     async fn send_record(&self, push: &Push<'_>) -> Result<Merged, StoreError> {
-        let record = push.record()?;
+        self.ops.count(Op::DoRequests, 1.0);
+        let taken = self.ops.take();
+        let merged = self.send_carrying(push, taken).await;
+        if !matches!(merged, Ok(Merged::Applied)) {
+            self.ops.give_back(taken);
+        }
+        merged
+    }
+
+    async fn send_carrying(
+        &self,
+        push: &Push<'_>,
+        taken: pum_shared::own::Counts,
+    ) -> Result<Merged, StoreError> {
+        let record = push.with_operations(taken).record()?;
         let batch = push.batch.map(BatchId::as_str);
         let index = pum_shard::shard_for(batch, js_sys::Math::random(), self.shards);
         let name = pum_shard::shard_name(index);
@@ -87,6 +117,8 @@ impl ShardStore {
                 (200, text) if text == "applied" => return Ok(Merged::Applied),
                 (200, text) if text == "replayed" => return Ok(Merged::Replayed),
                 (409, _) if !described => {
+                    // The description, and the record again: two more requests.
+                    self.ops.count(Op::DoRequests, 2.0);
                     let description = push.allowlist.description();
                     match send(&stub, &name, "describe", description.as_bytes()).await? {
                         (204, _) => described = true,

@@ -475,7 +475,7 @@ impl DynamoStore {
         chunk: &Chunk,
         at: Option<&Position>,
         now_ms: u64,
-        ops: [u128; 3],
+        ops: own::Counts,
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
         let mut sums = chunk.sums.clone();
         for (op, n) in Op::ALL.into_iter().zip(ops) {

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
-use pum_shared::own::{Op, Operations};
+use pum_shared::own::{self, Op, Operations};
 use pum_shared::store::{Merged, Push};
 use pum_shared::{Allowlist, StoreError};
 
@@ -116,20 +116,13 @@ impl DynamoStore {
         push: &Push<'_>,
         id: String,
         expires: u64,
-        taken: [u128; 3],
+        taken: own::Counts,
     ) -> Result<(HashMap<String, AttributeValue>, usize), StoreError> {
         let mut units = 1;
         loop {
             let mut carried = taken;
             carried[Op::DynamoWriteUnits as usize] += Operations::millionths(units as f64);
-            let mut delta = push.delta.clone();
-            Operations::add_to(&mut delta, carried);
-            let with = Push {
-                batch: push.batch,
-                now_ms: push.now_ms,
-                delta,
-                allowlist: push.allowlist,
-            };
+            let with = push.with_operations(carried);
             let item = HashMap::from([
                 (KEY.to_owned(), attribute_s(&id)),
                 (

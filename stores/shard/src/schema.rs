@@ -61,6 +61,8 @@ pub const INSERT_ALLOWLIST: &str =
 pub const SELECT_FOLDED: &str = "SELECT at_ms, ids FROM folded ORDER BY id";
 /// Records the batch ids one fold applied.
 pub const INSERT_FOLDED: &str = "INSERT INTO folded (at_ms, ids) VALUES (?, ?)";
+/// When the newest fold recorded its batch ids.
+pub const NEWEST_FOLDED: &str = "SELECT max(at_ms) FROM folded";
 /// Forgets the ids of folds older than the window.
 pub const SWEEP_FOLDED: &str = "DELETE FROM folded WHERE at_ms < ?";
 

@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use pum_shared::aggregate::{Aggregate, Overflow};
 use pum_shared::allowlist::{Allowlist, ConfigError};
 use pum_shared::batch::{WINDOW_MS, Window};
+use pum_shared::own::{Counts, Op, Operations};
 use pum_shared::record::{self, RecordError};
 use pum_shared::store::Merged;
 
+use crate::group;
 use crate::publish;
 use crate::schema::{self, CHUNK_BYTES};
 use crate::sql::{Param, Sql, SqlError, Value};
@@ -45,11 +47,37 @@ pub struct Folded {
     pub written: u64,
 }
 
+/// Where an admitted push stands ([`Shard::admit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// In group `group`: answer `merged` once that group's commit is durable. A replay waits
+    /// too, so that it is never answered before the write of the push it repeats.
+    Queued {
+        /// The group's number.
+        group: u64,
+        /// The answer.
+        merged: Merged,
+    },
+}
+
+/// What a commit wrote ([`Shard::commit`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The group's number: every push admitted into it is answered once this commit is durable.
+    pub group: u64,
+    /// Records written.
+    pub records: usize,
+    /// Rows written: 1 for a group (more only past [`CHUNK_BYTES`]), 0 when it held replays only.
+    pub rows: u64,
+}
+
 /// A shard's counters since it started (served on the Worker's `/export/shards`).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Stats {
     /// Pushes stored.
     pub pushes: u64,
+    /// Commits that wrote rows (one row per group of pushes).
+    pub commits: u64,
     /// Pushes whose batch id was already applied: answered, not stored.
     pub replays: u64,
     /// Rows the stored pushes wrote.
@@ -75,8 +103,21 @@ pub struct Shard<Q> {
     state: Option<State>,
     /// The batch ids applied within the window, pending or folded: loaded by the first merge.
     seen: Option<Window>,
+    /// The group being filled: written by the next [`Shard::commit`].
+    open: Open,
+    /// Billable operations not yet in the totals: the next fold that writes them adds them.
+    ops: Operations,
     name: Option<String>,
     stats: Stats,
+}
+
+/// The group being filled.
+#[derive(Debug, Default)]
+struct Open {
+    number: u64,
+    rows: group::Rows,
+    /// The batch ids of its records, taken out of the window again if its write fails.
+    ids: Vec<String>,
 }
 
 struct State {
@@ -124,9 +165,17 @@ impl<Q: Sql> Shard<Q> {
             sql,
             state: None,
             seen: None,
+            open: Open::default(),
+            ops: Operations::default(),
             name: None,
             stats: Stats::default(),
         }
+    }
+
+    /// Counts `n` billable operations of the platform (alarms, `setAlarm`, KV writes), added to
+    /// the totals by the next fold that writes them.
+    pub fn count(&self, op: Op, n: f64) {
+        self.ops.count(op, n);
     }
 
     /// The counters since this shard started.
@@ -134,14 +183,28 @@ impl<Q: Sql> Shard<Q> {
         &self.stats
     }
 
-    /// Stores one push's record as one row of `pending`, unless its batch id was applied within
-    /// [`WINDOW_MS`] ([`Merged::Replayed`], nothing written). A record under an allowlist the
-    /// shard does not hold is refused with [`ShardError::UnknownAllowlist`].
+    /// Stores one push's record at once: [`Shard::admit`], then [`Shard::commit`] (for callers
+    /// that do not group, such as the native tests and the conformance suite).
     pub fn merge(&mut self, bytes: &[u8], now_ms: u64) -> Result<Merged, ShardError> {
+        let Admitted::Queued { merged, .. } = self.admit(bytes, now_ms)?;
+        self.commit()?;
+        Ok(merged)
+    }
+
+    /// Admits one push's record into the open group, written by the next [`Shard::commit`],
+    /// unless its batch id was applied within [`WINDOW_MS`] (answered [`Merged::Replayed`] once
+    /// that commit is durable, nothing written). A record under an allowlist the shard does not
+    /// hold is refused with [`ShardError::UnknownAllowlist`], one that does not decode with
+    /// [`ShardError::BadRecord`]: nothing of either is kept.
+    ///
+    /// Checking and admitting do not yield, so of concurrent duplicates one is applied and the
+    /// others wait for its group and are answered as replays.
+    pub fn admit(&mut self, bytes: &[u8], now_ms: u64) -> Result<Admitted, ShardError> {
         let Shard {
             sql,
             state,
             seen,
+            open,
             stats,
             ..
         } = self;
@@ -149,21 +212,95 @@ impl<Q: Sql> Shard<Q> {
         // A row that does not decode would stop every later fold: check it before it is stored.
         let record = state.decode(bytes)?;
         let seen = window(sql, seen, now_ms)?;
-        if let Some(id) = &record.batch
-            && seen.contains(id)
-        {
-            stats.replays += 1;
-            return Ok(Merged::Replayed);
+        let group = open.number;
+        if let Some(id) = record.batch {
+            if !seen.insert(&id, now_ms) {
+                stats.replays += 1;
+                let merged = Merged::Replayed;
+                return Ok(Admitted::Queued { group, merged });
+            }
+            open.ids.push(id);
         }
-        let written = sql
-            .exec(schema::INSERT_PENDING, &[Param::Blob(bytes)])?
-            .written;
-        if let Some(id) = &record.batch {
-            seen.insert(id, now_ms);
+        open.rows.push(bytes);
+        let merged = Merged::Applied;
+        Ok(Admitted::Queued { group, merged })
+    }
+
+    /// The number of the open group: the group the next [`Shard::admit`] joins and the next
+    /// [`Shard::commit`] writes.
+    pub fn open_group(&self) -> u64 {
+        self.open.number
+    }
+
+    /// Drops the open group unwritten, forgetting its batch ids, and opens the next: for a
+    /// caller that cannot write it (a write before it failed, or the alarm could not be
+    /// scheduled), whose pushes are then all answered with the error. Returns its number.
+    pub fn abandon(&mut self) -> u64 {
+        let next = Open {
+            number: self.open.number + 1,
+            ..Open::default()
+        };
+        let open = std::mem::replace(&mut self.open, next);
+        self.forget(&open.ids);
+        open.number
+    }
+
+    fn forget(&mut self, ids: &[String]) {
+        if let Some(seen) = &mut self.seen {
+            for id in ids {
+                seen.remove(id);
+            }
         }
-        stats.pushes += 1;
-        stats.rows_written_by_pushes += written;
-        Ok(Merged::Applied)
+    }
+
+    /// Writes the open group's records as one row of `pending` (more rows, in one transaction,
+    /// only past [`CHUNK_BYTES`]) and opens the next group. A group of replays only writes
+    /// nothing. If the write fails, the group's batch ids are forgotten again, so that the
+    /// clients' retries apply, and every push of the group is to be answered with the error.
+    pub fn commit(&mut self) -> Result<Committed, ShardError> {
+        let next = Open {
+            number: self.open.number + 1,
+            ..Open::default()
+        };
+        let open = std::mem::replace(&mut self.open, next);
+        let mut done = Committed {
+            group: open.number,
+            records: open.rows.records(),
+            rows: 0,
+        };
+        let rows = open.rows.rows();
+        let written = match rows {
+            [] => Ok(0),
+            [row] => self
+                .sql
+                .exec(schema::INSERT_PENDING, &[Param::Blob(row)])
+                .map(|r| r.written),
+            _ => self.sql.transaction(|| {
+                let mut written = 0;
+                for row in rows {
+                    written += self
+                        .sql
+                        .exec(schema::INSERT_PENDING, &[Param::Blob(row)])?
+                        .written;
+                }
+                Ok::<_, SqlError>(written)
+            }),
+        };
+        match written {
+            Ok(written) => {
+                done.rows = written;
+                if done.records > 0 {
+                    self.stats.pushes += done.records as u64;
+                    self.stats.commits += 1;
+                    self.stats.rows_written_by_pushes += written;
+                }
+                Ok(done)
+            }
+            Err(e) => {
+                self.forget(&open.ids);
+                Err(e.into())
+            }
+        }
     }
 
     /// Stores an allowlist ([`Allowlist::description`]) under its fingerprint, once: describing
@@ -181,7 +318,9 @@ impl<Q: Sql> Shard<Q> {
         }
         let key = format!("{fingerprint:016x}");
         let params = [Param::Text(&key), Param::Text(description)];
-        stats.rows_written_by_describes += sql.exec(schema::INSERT_ALLOWLIST, &params)?.written;
+        let written = sql.exec(schema::INSERT_ALLOWLIST, &params)?.written;
+        stats.rows_written_by_describes += written;
+        self.ops.count(Op::SqliteRowsWritten, written as f64);
         state.allowlists.insert(
             fingerprint,
             Described {
@@ -196,29 +335,52 @@ impl<Q: Sql> Shard<Q> {
     /// totals rewritten, `pending` emptied, the batch ids applied recorded and those older than
     /// the window forgotten, together or not at all. A record that would take a total past what
     /// it holds stays pending whole (named in [`Folded::kept`]).
+    ///
+    /// A fold that folds records also adds to the totals, as `pum_store_operations_total`, the
+    /// rows the folded groups took and the operations counted since the last such fold
+    /// ([`Shard::count`], the describes, the previous folds' own rows).
     pub fn fold(&mut self, now_ms: u64) -> Result<Folded, ShardError> {
         let Shard {
             sql,
             state: slot,
+            ops,
             stats,
             ..
         } = self;
         let state = loaded(sql, slot)?;
-        match sql.transaction(|| fold_pending(sql, state, now_ms)) {
+        let taken = ops.take();
+        match sql.transaction(|| fold_pending(sql, state, now_ms, taken)) {
             Ok(folded) => {
                 if folded.pushes > 0 {
                     stats.folds += 1;
                     stats.pushes_folded += folded.pushes as u64;
+                } else {
+                    // Nothing was written to carry them.
+                    ops.give_back(taken);
                 }
                 stats.rows_written_by_folds += folded.written;
+                ops.count(Op::SqliteRowsWritten, folded.written as f64);
                 Ok(folded)
             }
             Err(e) => {
+                ops.give_back(taken);
                 // The totals in memory may hold part of what was rolled back.
                 *slot = None;
                 Err(e)
             }
         }
+    }
+
+    /// When the batch ids in storage will all be older than the window, so that a fold then
+    /// deletes them all (ms since the epoch); `None` when there are none. An idle shard sweeps
+    /// its window then, so that what it stores stays bounded.
+    pub fn sweep_due(&mut self) -> Result<Option<u64>, ShardError> {
+        let Shard { sql, state, .. } = self;
+        loaded(sql, state)?;
+        let rows = sql.exec(schema::NEWEST_FOLDED, &[])?.rows;
+        Ok(first(&rows)
+            .and_then(Value::as_i64)
+            .map(|newest| newest.max(0) as u64 + WINDOW_MS + 1))
     }
 
     /// The shard's totals, folded and pending, and its allowlists.
@@ -227,9 +389,11 @@ impl<Q: Sql> Shard<Q> {
         let state = loaded(sql, state)?;
         let mut totals = state.totals.clone();
         for row in sql.exec(schema::SELECT_PENDING, &[])?.rows {
-            let record = state.decode(blob(&row)?)?;
-            // A record that would overflow stays pending, outside the totals.
-            let _ = totals.try_merge(&record.delta);
+            for bytes in records_of(&row)? {
+                let record = state.decode(bytes)?;
+                // A record that would overflow stays pending, outside the totals.
+                let _ = totals.try_merge(&record.delta);
+            }
         }
         let fingerprints: Vec<u64> = state.allowlists.keys().copied().collect();
         let mut allowlists = Vec::with_capacity(fingerprints.len());
@@ -248,7 +412,7 @@ impl<Q: Sql> Shard<Q> {
         Ok(publish::publication(descriptions, &state.totals))
     }
 
-    /// Records waiting for the next fold.
+    /// Rows (groups of records) waiting for the next fold.
     pub fn pending(&mut self) -> Result<u64, ShardError> {
         let Shard { sql, state, .. } = self;
         loaded(sql, state)?;
@@ -368,8 +532,10 @@ fn window<'a, Q: Sql>(
             }
         }
         for row in sql.exec(schema::SELECT_PENDING, &[])?.rows {
-            if let Some(id) = record::peek_batch(blob(&row)?)? {
-                seen.insert(id, now_ms);
+            for bytes in records_of(&row)? {
+                if let Some(id) = record::peek_batch(bytes)? {
+                    seen.insert(id, now_ms);
+                }
             }
         }
         *slot = Some(seen);
@@ -378,35 +544,50 @@ fn window<'a, Q: Sql>(
         .ok_or_else(|| ShardError::Corrupt("the batch ids did not load".into()))
 }
 
-/// The body of the fold's transaction.
-fn fold_pending<Q: Sql>(sql: &Q, state: &mut State, now_ms: u64) -> Result<Folded, ShardError> {
+/// The body of the fold's transaction; `ops` are added to the totals if it folds anything.
+fn fold_pending<Q: Sql>(
+    sql: &Q,
+    state: &mut State,
+    now_ms: u64,
+    mut ops: Counts,
+) -> Result<Folded, ShardError> {
     let rows = sql.exec(schema::SELECT_PENDING, &[])?.rows;
     let mut folded = Folded::default();
-    let mut kept = Vec::new();
+    let mut kept = group::Rows::default();
     let mut ids = Vec::new();
     for row in &rows {
-        let bytes = blob(row)?;
-        let record = state.decode(bytes)?;
-        match state.totals.try_merge(&record.delta) {
-            Ok(()) => {
-                folded.pushes += 1;
-                ids.extend(record.batch);
-            }
-            Err(overflow) => {
-                kept.push(bytes);
-                folded.kept.push(overflow);
+        for bytes in records_of(row)? {
+            let record = state.decode(bytes)?;
+            match state.totals.try_merge(&record.delta) {
+                Ok(()) => {
+                    folded.pushes += 1;
+                    ids.extend(record.batch);
+                }
+                Err(overflow) => {
+                    kept.push(bytes);
+                    folded.kept.push(overflow);
+                }
             }
         }
     }
     let mut written = 0;
     if folded.pushes > 0 {
+        // Each pending row was one row written by a commit.
+        ops[Op::SqliteRowsWritten as usize] += Operations::millionths(rows.len() as f64);
+        let mut carried = Aggregate::new();
+        Operations::add_to(&mut carried, ops);
+        // Operations are counters far below any total's limit.
+        state
+            .totals
+            .try_merge(&carried)
+            .map_err(|e| ShardError::Corrupt(format!("the operations do not fit: {e}")))?;
         written += write_totals(sql, &state.totals)?;
         for statement in schema::RESET_PENDING {
             written += sql.exec(statement, &[])?.written;
         }
-        for bytes in kept {
+        for row in kept.rows() {
             written += sql
-                .exec(schema::INSERT_PENDING, &[Param::Blob(bytes)])?
+                .exec(schema::INSERT_PENDING, &[Param::Blob(row)])?
                 .written;
         }
         let at = Param::Integer(now_ms as i64);
@@ -442,8 +623,10 @@ fn first(rows: &[Vec<Value>]) -> Option<&Value> {
     rows.first().and_then(|r| r.first())
 }
 
-fn blob(row: &[Value]) -> Result<&[u8], ShardError> {
+/// The records of a row of `pending` ([`group::records`]).
+fn records_of(row: &[Value]) -> Result<Vec<&[u8]>, ShardError> {
     row.first()
         .and_then(Value::as_blob)
-        .ok_or_else(|| ShardError::Corrupt("a pending row holds no record".into()))
+        .and_then(group::records)
+        .ok_or_else(|| ShardError::Corrupt("a pending row holds no records".into()))
 }

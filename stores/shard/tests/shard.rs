@@ -3,9 +3,9 @@
 
 mod sqlite;
 
-use pum_shard::{Shard, ShardError, schema};
+use pum_shard::{Admitted, Committed, Shard, ShardError, schema};
 use pum_shared::conformance::{allowlist, batch_id, delta, push};
-use pum_shared::{Aggregate, Merged, SeriesKey, SeriesValue};
+use pum_shared::{Aggregate, Merged, SeriesKey, SeriesValue, own};
 use rusqlite::params;
 use sqlite::Sqlite;
 
@@ -76,7 +76,14 @@ fn a_push_writes_one_row_a_replay_none_and_a_fold_a_constant_few() {
         want.merge(&delta(seed));
     }
     let (lists, totals) = shard.read().expect("reads");
-    assert_eq!(totals, want);
+    assert_eq!(own::without_operations(&totals), want);
+    // Rows written, as each fold that folded pushes adds them: the describe (1) and the 20
+    // pushes by the first fold, its own 4 and 2 pushes by the second, its 4 and 1 push by the
+    // third; the third's own 3 wait for a fold that folds something.
+    assert_eq!(
+        own::operations_in(&totals).get("sqlite_rows_written"),
+        Some(&32.0)
+    );
     assert_eq!(lists.len(), 1);
     assert_eq!(lists[0].fingerprint(), allowlist().fingerprint());
     // A replay is refused after the fold and after a restart too.
@@ -87,7 +94,12 @@ fn a_push_writes_one_row_a_replay_none_and_a_fold_a_constant_few() {
         shard.merge(&record(21, Some(21)), NOW + 30_000),
         Ok(Merged::Replayed)
     );
-    assert_eq!(shard.read().expect("reads").1, want);
+    assert_eq!(data(&mut shard), want);
+}
+
+/// The shard's totals, folded and pending, without pum's count of billable operations.
+fn data(shard: &mut Shard<Sqlite>) -> Aggregate {
+    own::without_operations(&shard.read().expect("reads").1)
 }
 
 #[test]
@@ -227,9 +239,166 @@ fn pending_json_rows_of_an_earlier_version_are_folded_on_start() {
     for seed in 1..=4 {
         want.merge(&delta(seed));
     }
-    assert_eq!(shard.read().expect("reads").1, want);
+    assert_eq!(data(&mut shard), want);
     assert_eq!(shard.pending(), Ok(1));
     shard.fold(NOW).expect("folds");
     drop(shard);
-    assert_eq!(open(&dir).read().expect("reads").1, want);
+    assert_eq!(data(&mut open(&dir)), want);
+}
+
+/// Runs `sql` on the shard's database from another connection (a fault, or its repair).
+fn alter(dir: &tempfile::TempDir, sql: &str) {
+    let db = rusqlite::Connection::open(dir.path().join("shard.sqlite")).expect("opens");
+    db.execute_batch(sql).expect("alters");
+}
+
+#[test]
+fn pushes_admitted_while_a_write_is_in_flight_are_written_as_one_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut shard = described(&dir);
+    // One push committed alone, as the first of a burst is.
+    assert_eq!(shard.merge(&record(0, Some(0)), NOW), Ok(Merged::Applied));
+    let before = shard.stats().clone();
+    // Eight arrive while that write is in flight: two repeat one another, one repeats the push
+    // already written, one has no batch id.
+    let burst = [
+        record(1, Some(1)),
+        record(2, Some(2)),
+        record(2, Some(2)),
+        record(0, Some(0)),
+        record(3, None),
+        record(4, Some(4)),
+        record(5, Some(5)),
+        record(6, Some(6)),
+    ];
+    let answers: Vec<_> = burst
+        .iter()
+        .map(|r| shard.admit(r, NOW).expect("admits"))
+        .collect();
+    let group = match answers[0] {
+        Admitted::Queued { group, .. } => group,
+    };
+    let merged: Vec<Merged> = answers
+        .iter()
+        .map(|a| match *a {
+            Admitted::Queued { group: g, merged } => {
+                assert_eq!(g, group, "every push waits for the same commit");
+                merged
+            }
+        })
+        .collect();
+    let (a, r) = (Merged::Applied, Merged::Replayed);
+    assert_eq!(merged, [a, a, r, r, a, a, a, a]);
+    let committed = shard.commit().expect("commits");
+    assert_eq!(
+        committed,
+        Committed {
+            group,
+            records: 6,
+            rows: 1
+        },
+        "six records, one row"
+    );
+    assert_eq!(count(&dir, "pending"), 2);
+    let stats = shard.stats();
+    assert_eq!(
+        stats.rows_written_by_pushes - before.rows_written_by_pushes,
+        1
+    );
+    assert_eq!((stats.pushes, stats.commits, stats.replays), (7, 2, 2));
+    // The next commit is the next group; with nothing admitted it writes nothing.
+    assert_eq!(
+        shard.commit().expect("commits"),
+        Committed {
+            group: group + 1,
+            records: 0,
+            rows: 0
+        }
+    );
+
+    let mut want = Aggregate::new();
+    for seed in 0..=6 {
+        want.merge(&delta(seed));
+    }
+    assert_eq!(data(&mut shard), want);
+    assert_eq!(shard.fold(NOW).expect("folds").pushes, 7);
+    assert_eq!(data(&mut shard), want);
+    // After a restart the ids in the group are still known, folded or pending.
+    shard.admit(&record(7, Some(7)), NOW).expect("admits");
+    shard.commit().expect("commits");
+    drop(shard);
+    let mut shard = open(&dir);
+    for id in [1, 2, 6, 7] {
+        assert_eq!(
+            shard.merge(&record(id, Some(id)), NOW + 1000),
+            Ok(Merged::Replayed),
+            "batch {id}"
+        );
+    }
+    want.merge(&delta(7));
+    assert_eq!(data(&mut shard), want);
+}
+
+#[test]
+fn a_failed_commit_answers_its_whole_group_with_the_error_and_the_retries_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut shard = described(&dir);
+    shard.merge(&record(0, Some(0)), NOW).expect("merges");
+    alter(
+        &dir,
+        "CREATE TRIGGER full BEFORE INSERT ON pending BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    );
+    for seed in 1..=3 {
+        shard.admit(&record(seed, Some(seed)), NOW).expect("admits");
+    }
+    let failed = shard.commit();
+    assert!(
+        matches!(&failed, Err(ShardError::Sql(e)) if e.0.contains("disk full")),
+        "{failed:?}"
+    );
+    assert_eq!(count(&dir, "pending"), 1, "nothing of the group was stored");
+    alter(&dir, "DROP TRIGGER full");
+    // The clients retry: each applies once, and a repeat within the retries is a replay.
+    for seed in 1..=3 {
+        let Admitted::Queued { merged, .. } =
+            shard.admit(&record(seed, Some(seed)), NOW).expect("admits");
+        assert_eq!(merged, Merged::Applied, "batch {seed}");
+    }
+    let Admitted::Queued { merged, .. } = shard.admit(&record(2, Some(2)), NOW).expect("admits");
+    assert_eq!(merged, Merged::Replayed);
+    assert_eq!(shard.commit().expect("commits").records, 3);
+    let mut want = Aggregate::new();
+    for seed in 0..=3 {
+        want.merge(&delta(seed));
+    }
+    assert_eq!(data(&mut shard), want);
+}
+
+#[test]
+fn an_idle_shard_sweeps_its_window_when_all_of_it_has_expired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut shard = described(&dir);
+    assert_eq!(shard.sweep_due(), Ok(None), "nothing to sweep");
+    shard.merge(&record(1, Some(1)), NOW).expect("merges");
+    shard.fold(NOW).expect("folds");
+    shard
+        .merge(&record(2, Some(2)), NOW + 5000)
+        .expect("merges");
+    shard.fold(NOW + 5000).expect("folds");
+    assert_eq!(count(&dir, "folded"), 2);
+    let due = shard.sweep_due().expect("reads").expect("due");
+    assert_eq!(
+        due,
+        NOW + 5000 + WINDOW_MS + 1,
+        "when the newest has expired"
+    );
+    shard.fold(due - 1).expect("folds");
+    assert_eq!(
+        count(&dir, "folded"),
+        1,
+        "the newest is kept until it expires"
+    );
+    shard.fold(due).expect("folds");
+    assert_eq!(count(&dir, "folded"), 0);
+    assert_eq!(shard.sweep_due(), Ok(None));
 }
