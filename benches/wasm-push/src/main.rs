@@ -1,22 +1,25 @@
 //! The native side of edge/worker/cpu-bench.sh (see the crate docs):
 //!
 //! ```text
-//! pum-wasm-push time FIXTURE WARMUP ROUNDS PUSHES   time the push path natively: one JSON line
-//! pum-wasm-push pushes FIXTURE WARMUP PUSHES        just run it (under valgrind, for instructions)
-//! pum-wasm-push instrument IN.wasm OUT.wasm         add the wasm instruction counter (count.rs)
+//! pum-wasm-push rounds FIXTURE WARMUP PUSHES   time the push path natively, a round per request
+//! pum-wasm-push pushes FIXTURE WARMUP PUSHES   just run it (under valgrind, for instructions)
+//! pum-wasm-push instrument IN.wasm OUT.wasm    add the wasm instruction counter (count.rs)
 //! ```
 //!
-//! `time` warms up with WARMUP pushes, then times ROUNDS rounds of PUSHES pushes, and the fold
-//! after each round; every round is checked ([`Bench::check`]). `pushes` runs WARMUP pushes, a
-//! fold and a check, then PUSHES pushes, and exits without tearing anything down, so that two
-//! runs with different PUSHES differ by exactly the pushes' own work.
+//! `rounds` warms up with WARMUP pushes and says `ready`, then for each line `round` it reads,
+//! times a round of PUSHES pushes and the fold after it, checks them ([`Bench::check`]) and
+//! answers one JSON line; so the caller can alternate its wasm rounds with native ones, and a
+//! machine busy with other work slows both alike. `pushes` runs WARMUP pushes, a fold and a check, then PUSHES pushes,
+//! and exits without tearing anything down, so that two runs with different PUSHES differ by
+//! exactly the pushes' own work.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use pum_wasm_push::{Bench, Fixture, count};
 
-const USAGE: &str = "usage: pum-wasm-push time FIXTURE WARMUP ROUNDS PUSHES
+const USAGE: &str = "usage: pum-wasm-push rounds FIXTURE WARMUP PUSHES
        pum-wasm-push pushes FIXTURE WARMUP PUSHES
        pum-wasm-push instrument IN.wasm OUT.wasm
 FIXTURE: beacon or mixed";
@@ -39,31 +42,35 @@ fn warm(f: Fixture, warmup: u32) -> Result<Bench, String> {
     Ok(bench)
 }
 
-fn time(args: &[String]) -> Result<(), String> {
+fn rounds(args: &[String]) -> Result<(), String> {
     let f = fixture(args.first())?;
     let warmup = number(args.get(1), "WARMUP")?;
-    let rounds = number(args.get(2), "ROUNDS")?;
-    let pushes = number(args.get(3), "PUSHES")?.max(1);
+    let pushes = number(args.get(2), "PUSHES")?.max(1);
     let mut bench = warm(f, warmup)?;
-    let (mut push_ns, mut fold_ns) = (Vec::new(), Vec::new());
-    let mut checked = String::new();
-    for _ in 0..rounds {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("stdout: {e}"))?;
+    for line in std::io::stdin().lines() {
+        let line = line.map_err(|e| format!("stdin: {e}"))?;
+        if line.trim() != "round" {
+            return Err(format!("expected \"round\", read {line:?}"));
+        }
         let t = Instant::now();
         bench.run(pushes)?;
-        push_ns.push(t.elapsed().as_nanos() as f64 / f64::from(pushes));
+        let push_ns = t.elapsed().as_nanos() as f64 / f64::from(pushes);
         let t = Instant::now();
         let folded = bench.fold()?;
-        fold_ns.push(t.elapsed().as_nanos() as f64 / folded.max(1) as f64);
-        checked = bench.check()?;
+        let fold_ns = t.elapsed().as_nanos() as f64 / folded.max(1) as f64;
+        let report = serde_json::json!({
+            "pushNs": push_ns,
+            "foldNs": fold_ns,
+            "check": bench.check()?,
+        });
+        writeln!(out, "{report}")
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("stdout: {e}"))?;
     }
-    let report = serde_json::json!({
-        "fixture": f.name(),
-        "bodyBytes": bench.body_bytes(),
-        "pushNs": push_ns,
-        "foldNs": fold_ns,
-        "check": checked,
-    });
-    println!("{report}");
     Ok(())
 }
 
@@ -90,7 +97,7 @@ fn instrument(args: &[String]) -> Result<(), String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let done = match args.first().map(String::as_str) {
-        Some("time") => time(&args[1..]),
+        Some("rounds") => rounds(&args[1..]),
         Some("pushes") => pushes(&args[1..]),
         Some("instrument") => instrument(&args[1..]),
         _ => Err(USAGE.into()),
