@@ -207,7 +207,7 @@ impl Collector {
         Scrape::parse(&resp.text().await.expect("text"))
     }
 
-    /// Scrapes until `done` holds (the shards fold and write KV about once a second), then
+    /// Scrapes until `done` holds (the tests make the shards fold and publish every second), then
     /// returns that scrape; panics with the last scrape after a minute.
     async fn scrape_until(
         &self,
