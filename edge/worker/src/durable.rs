@@ -248,7 +248,7 @@ impl Shard {
         let committed = {
             let mut shard = self.shard.borrow_mut();
             let group = shard.open_group();
-            shard.commit().map_err(|e| (group, e))
+            shard.commit(now_ms()).map_err(|e| (group, e))
         };
         match committed {
             Ok(c) if c.rows == 0 => (c.group, None),

@@ -35,11 +35,12 @@
 //! shard's own key every `PUM_PUBLISH_SECONDS` ([`DEFAULT_PUBLISH_SECONDS`]) while the totals
 //! change, and never when they did not.
 //!
-//! Billable operations: the fold also adds to the totals, as `pum_store_operations_total`, the
-//! rows written (the groups it folds, its own rows, the describes, each `setAlarm`), the alarms
-//! (Durable Object requests) and the KV writes counted since the last fold that wrote
-//! ([`Shard::count`]). What a fold writes and what follows it (its KV write, the next
-//! `setAlarm`) is counted by the next fold; a shard evicted while at rest loses those few.
+//! Billable operations: each group's row also holds the shard's own record of the operations
+//! counted since the last one ([`Shard::count`]: alarms, `setAlarm`, KV writes; the describes;
+//! the folds' rows) and of the rows that write takes, so those counts are durable with the row
+//! and folded into the totals as `pum_store_operations_total`. What follows the last group
+//! before a shard rests (its last fold's rows, its KV write) waits in memory for the next group
+//! or fold, and is lost if the object is evicted first.
 //!
 //! Exactly once: a shard remembers the batch ids it applied (pending or folded) for at least
 //! the window, in memory as [`pum_shared::batch::Window`] (16 bytes an id), rebuilt from

@@ -116,6 +116,8 @@ pub struct Shard<Q> {
 struct Open {
     number: u64,
     rows: group::Rows,
+    /// The allowlist of its first record, which also encodes the shard's own record.
+    fingerprint: Option<u64>,
     /// The batch ids of its records, taken out of the window again if its write fails.
     ids: Vec<String>,
 }
@@ -187,7 +189,7 @@ impl<Q: Sql> Shard<Q> {
     /// that do not group, such as the native tests and the conformance suite).
     pub fn merge(&mut self, bytes: &[u8], now_ms: u64) -> Result<Merged, ShardError> {
         let Admitted::Queued { merged, .. } = self.admit(bytes, now_ms)?;
-        self.commit()?;
+        self.commit(now_ms)?;
         Ok(merged)
     }
 
@@ -222,6 +224,7 @@ impl<Q: Sql> Shard<Q> {
             open.ids.push(id);
         }
         open.rows.push(bytes);
+        open.fingerprint.get_or_insert(record.fingerprint);
         let merged = Merged::Applied;
         Ok(Admitted::Queued { group, merged })
     }
@@ -257,16 +260,37 @@ impl<Q: Sql> Shard<Q> {
     /// only past [`CHUNK_BYTES`]) and opens the next group. A group of replays only writes
     /// nothing. If the write fails, the group's batch ids are forgotten again, so that the
     /// clients' retries apply, and every push of the group is to be answered with the error.
-    pub fn commit(&mut self) -> Result<Committed, ShardError> {
+    ///
+    /// The row also carries the shard's own record: the billable operations counted since the
+    /// last one ([`Shard::count`], the describes, the folds' rows) and the rows of this write,
+    /// so that they are stored with it and folded with the pushes.
+    pub fn commit(&mut self, now_ms: u64) -> Result<Committed, ShardError> {
         let next = Open {
             number: self.open.number + 1,
             ..Open::default()
         };
-        let open = std::mem::replace(&mut self.open, next);
+        let mut open = std::mem::replace(&mut self.open, next);
         let mut done = Committed {
             group: open.number,
             records: open.rows.records(),
             rows: 0,
+        };
+        let carried = match open.fingerprint {
+            Some(fingerprint) => {
+                let taken = self.ops.take();
+                match self.own_record(&open.rows, fingerprint, taken, now_ms) {
+                    Ok(record) => {
+                        open.rows.push_own(&record);
+                        Some(taken)
+                    }
+                    Err(e) => {
+                        // Left for a fold to carry.
+                        self.ops.give_back(taken);
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
         };
         let rows = open.rows.rows();
         let written = match rows {
@@ -297,10 +321,36 @@ impl<Q: Sql> Shard<Q> {
                 Ok(done)
             }
             Err(e) => {
+                if let Some(taken) = carried {
+                    self.ops.give_back(taken);
+                }
                 self.forget(&open.ids);
                 Err(e.into())
             }
         }
+    }
+
+    /// The shard's own record for a write of `rows`: `taken` and the rows the write takes once
+    /// the record is in it, under the allowlist `fingerprint` (every allowlist holds pum's own
+    /// metrics).
+    fn own_record(
+        &mut self,
+        rows: &group::Rows,
+        fingerprint: u64,
+        mut taken: Counts,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, ShardError> {
+        /// More than an own record takes: 7 counters of up to 2^128 millionths.
+        const OWN_RECORD_MAX: usize = 256;
+        let written = rows.rows().len() + usize::from(rows.starts_row(OWN_RECORD_MAX));
+        taken[Op::SqliteRowsWritten as usize] += Operations::millionths(written as f64);
+        let mut delta = Aggregate::new();
+        Operations::add_to(&mut delta, taken);
+        let state = loaded(&self.sql, &mut self.state)?;
+        let allowlist = state.allowlist(fingerprint)?;
+        let mut out = Vec::with_capacity(64);
+        record::encode(allowlist, None, now_ms / 1000, &delta, &mut out)?;
+        Ok(out)
     }
 
     /// Stores an allowlist ([`Allowlist::description`]) under its fingerprint, once: describing
@@ -336,9 +386,9 @@ impl<Q: Sql> Shard<Q> {
     /// the window forgotten, together or not at all. A record that would take a total past what
     /// it holds stays pending whole (named in [`Folded::kept`]).
     ///
-    /// A fold that folds records also adds to the totals, as `pum_store_operations_total`, the
-    /// rows the folded groups took and the operations counted since the last such fold
-    /// ([`Shard::count`], the describes, the previous folds' own rows).
+    /// The shards' own records in the groups (see [`Shard::commit`]) add to the totals, as
+    /// `pum_store_operations_total`; a fold that folds records also adds the operations counted
+    /// since (its own rows are counted for the next).
     pub fn fold(&mut self, now_ms: u64) -> Result<Folded, ShardError> {
         let Shard {
             sql,
@@ -389,7 +439,8 @@ impl<Q: Sql> Shard<Q> {
         let state = loaded(sql, state)?;
         let mut totals = state.totals.clone();
         for row in sql.exec(schema::SELECT_PENDING, &[])?.rows {
-            for bytes in records_of(&row)? {
+            let entries = records_of(&row)?;
+            for bytes in entries.pushes.into_iter().chain(entries.own) {
                 let record = state.decode(bytes)?;
                 // A record that would overflow stays pending, outside the totals.
                 let _ = totals.try_merge(&record.delta);
@@ -532,7 +583,7 @@ fn window<'a, Q: Sql>(
             }
         }
         for row in sql.exec(schema::SELECT_PENDING, &[])?.rows {
-            for bytes in records_of(&row)? {
+            for bytes in records_of(&row)?.pushes {
                 if let Some(id) = record::peek_batch(bytes)? {
                     seen.insert(id, now_ms);
                 }
@@ -549,14 +600,17 @@ fn fold_pending<Q: Sql>(
     sql: &Q,
     state: &mut State,
     now_ms: u64,
-    mut ops: Counts,
+    ops: Counts,
 ) -> Result<Folded, ShardError> {
     let rows = sql.exec(schema::SELECT_PENDING, &[])?.rows;
     let mut folded = Folded::default();
     let mut kept = group::Rows::default();
     let mut ids = Vec::new();
+    let mut carried = Aggregate::new();
+    Operations::add_to(&mut carried, ops);
     for row in &rows {
-        for bytes in records_of(row)? {
+        let entries = records_of(row)?;
+        for bytes in entries.pushes {
             let record = state.decode(bytes)?;
             match state.totals.try_merge(&record.delta) {
                 Ok(()) => {
@@ -569,18 +623,15 @@ fn fold_pending<Q: Sql>(
                 }
             }
         }
+        for bytes in entries.own {
+            carried.merge(&state.decode(bytes)?.delta);
+        }
     }
     let mut written = 0;
     if folded.pushes > 0 {
-        // Each pending row was one row written by a commit.
-        ops[Op::SqliteRowsWritten as usize] += Operations::millionths(rows.len() as f64);
-        let mut carried = Aggregate::new();
-        Operations::add_to(&mut carried, ops);
-        // Operations are counters far below any total's limit.
-        state
-            .totals
-            .try_merge(&carried)
-            .map_err(|e| ShardError::Corrupt(format!("the operations do not fit: {e}")))?;
+        // Counts of operations stay far below a total's limit (2^128 millionths); one that
+        // would not fit is left out rather than stop every fold.
+        let _ = state.totals.try_merge(&carried);
         written += write_totals(sql, &state.totals)?;
         for statement in schema::RESET_PENDING {
             written += sql.exec(statement, &[])?.written;
@@ -623,10 +674,10 @@ fn first(rows: &[Vec<Value>]) -> Option<&Value> {
     rows.first().and_then(|r| r.first())
 }
 
-/// The records of a row of `pending` ([`group::records`]).
-fn records_of(row: &[Value]) -> Result<Vec<&[u8]>, ShardError> {
+/// The records of a row of `pending` ([`group::entries`]).
+fn records_of(row: &[Value]) -> Result<group::Entries<'_>, ShardError> {
     row.first()
         .and_then(Value::as_blob)
-        .and_then(group::records)
+        .and_then(group::entries)
         .ok_or_else(|| ShardError::Corrupt("a pending row holds no records".into()))
 }

@@ -289,7 +289,7 @@ fn pushes_admitted_while_a_write_is_in_flight_are_written_as_one_row() {
         .collect();
     let (a, r) = (Merged::Applied, Merged::Replayed);
     assert_eq!(merged, [a, a, r, r, a, a, a, a]);
-    let committed = shard.commit().expect("commits");
+    let committed = shard.commit(NOW).expect("commits");
     assert_eq!(
         committed,
         Committed {
@@ -308,7 +308,7 @@ fn pushes_admitted_while_a_write_is_in_flight_are_written_as_one_row() {
     assert_eq!((stats.pushes, stats.commits, stats.replays), (7, 2, 2));
     // The next commit is the next group; with nothing admitted it writes nothing.
     assert_eq!(
-        shard.commit().expect("commits"),
+        shard.commit(NOW).expect("commits"),
         Committed {
             group: group + 1,
             records: 0,
@@ -325,7 +325,7 @@ fn pushes_admitted_while_a_write_is_in_flight_are_written_as_one_row() {
     assert_eq!(data(&mut shard), want);
     // After a restart the ids in the group are still known, folded or pending.
     shard.admit(&record(7, Some(7)), NOW).expect("admits");
-    shard.commit().expect("commits");
+    shard.commit(NOW).expect("commits");
     drop(shard);
     let mut shard = open(&dir);
     for id in [1, 2, 6, 7] {
@@ -351,7 +351,7 @@ fn a_failed_commit_answers_its_whole_group_with_the_error_and_the_retries_apply(
     for seed in 1..=3 {
         shard.admit(&record(seed, Some(seed)), NOW).expect("admits");
     }
-    let failed = shard.commit();
+    let failed = shard.commit(NOW);
     assert!(
         matches!(&failed, Err(ShardError::Sql(e)) if e.0.contains("disk full")),
         "{failed:?}"
@@ -366,7 +366,7 @@ fn a_failed_commit_answers_its_whole_group_with_the_error_and_the_retries_apply(
     }
     let Admitted::Queued { merged, .. } = shard.admit(&record(2, Some(2)), NOW).expect("admits");
     assert_eq!(merged, Merged::Replayed);
-    assert_eq!(shard.commit().expect("commits").records, 3);
+    assert_eq!(shard.commit(NOW).expect("commits").records, 3);
     let mut want = Aggregate::new();
     for seed in 0..=3 {
         want.merge(&delta(seed));
@@ -401,4 +401,30 @@ fn an_idle_shard_sweeps_its_window_when_all_of_it_has_expired() {
     shard.fold(due).expect("folds");
     assert_eq!(count(&dir, "folded"), 0);
     assert_eq!(shard.sweep_due(), Ok(None));
+}
+
+#[test]
+fn the_rows_a_group_writes_are_counted_in_its_own_row_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut shard = described(&dir);
+    shard.count(own::Op::KvWrites, 1.0);
+    for seed in 0..3 {
+        shard.admit(&record(seed, Some(seed)), NOW).expect("admits");
+    }
+    shard.commit(NOW).expect("commits");
+    shard.merge(&record(3, None), NOW).expect("merges");
+    // Evicted before any fold: a fresh object folds what the rows hold.
+    drop(shard);
+    let mut shard = open(&dir);
+    assert_eq!(shard.fold(NOW).expect("folds").pushes, 4);
+    let totals = shard.read().expect("reads").1;
+    let ops = own::operations_in(&totals);
+    // The describe's row and the two groups' rows; the KV write counted before the first.
+    assert_eq!(ops.get("sqlite_rows_written"), Some(&3.0), "{ops:?}");
+    assert_eq!(ops.get("kv_writes"), Some(&1.0), "{ops:?}");
+    let mut want = Aggregate::new();
+    for seed in 0..4 {
+        want.merge(&delta(seed));
+    }
+    assert_eq!(own::without_operations(&totals), want);
 }
